@@ -1,0 +1,1 @@
+"""Targets and backends: where a compiled module runs."""

@@ -1,0 +1,71 @@
+"""Every environment variable sparsec reads, declared once and typed.
+
+Nothing else in sparsec calls ``os.getenv``. Each knob has a CLI flag too
+(``--cache-dir``, ``--debug``, ``--log-level``); a flag wins over the
+environment. ``knobs.scope(debug=True)`` overrides knobs inside a ``with``
+block, for tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+    env: str
+    parse: Callable[[str], Any]
+    default: Callable[[], Any]
+    doc: str
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sparsec"
+
+
+KNOBS: dict[str, Knob] = {
+    "cache_dir": Knob("SPARSEC_CACHE_DIR", Path, _default_cache, "where built kernels and tuning data are cached"),
+    "debug": Knob("SPARSEC_DEBUG", _bool, lambda: False, "show full tracebacks on errors"),
+    "log_level": Knob("SPARSEC_LOG_LEVEL", str.upper, lambda: "WARNING", "logging level of the sparsec logger"),
+    "verify_each": Knob("SPARSEC_VERIFY_EACH", _bool, lambda: True, "run Module.verify() after every pass"),
+}
+
+_overrides: dict[str, Any] = {}
+
+
+def get(name: str) -> Any:
+    """The knob's value: a scope override, else the environment, else the default."""
+    knob = KNOBS[name]
+    if name in _overrides:
+        return _overrides[name]
+    raw = os.environ.get(knob.env)
+    return knob.parse(raw) if raw not in (None, "") else knob.default()
+
+
+def set_override(name: str, value: Any) -> None:
+    """Set a knob for the rest of the process (the CLI's flags use this)."""
+    if name not in KNOBS:
+        raise KeyError(f"unknown knob {name!r}; known: {sorted(KNOBS)}")
+    _overrides[name] = value
+
+
+@contextlib.contextmanager
+def scope(**values: Any) -> Iterator[None]:
+    """Override knobs inside a ``with`` block; restores the previous values."""
+    saved = dict(_overrides)
+    try:
+        for name, value in values.items():
+            set_override(name, value)
+        yield
+    finally:
+        _overrides.clear()
+        _overrides.update(saved)
