@@ -112,6 +112,12 @@ def _numel(shape, hints) -> int:
 
 
 def _dim(d, hints) -> int:
+    if isinstance(d, torch.SymInt):  # int() would guard on it and specialise the graph
+        const = d.node.maybe_as_int()
+        if const is not None:
+            return const
+        hint = getattr(d.node, "hint", None)
+        return int(hint) if isinstance(hint, int) else hints.get(str(d), 1)
     try:
         return int(d)
     except Exception:
@@ -138,6 +144,10 @@ def _macs(n: fx.Node, hints) -> int:
             x = _shape(p["input"])
             return _numel(x, hints) * w[1] * math.prod(w[2:]) if x else 0
         return _numel(out, hints) * per_out
+    if n.target in ops.CONV_TRANSPOSE:  # each input element scatters into Cout/groups * prod(kernel) outputs
+        a = ops.args_of(n)
+        x, w = _shape(a["input"]), _shape(a["weight"])
+        return _numel(x, hints) * w[1] * math.prod(w[2:]) if x and w else 0
     if n.target in ops.LINEAR:
         w = _shape(ops.args_of(n)["weight"])
         return _numel(out, hints) * w[1] if out and w else 0

@@ -157,9 +157,13 @@ class TensorMeta:
 
 
 def _dim(d: Any) -> int | str:
+    if isinstance(d, torch.SymInt):
+        # never int() a symbolic dim: that guards on it and specialises the graph
+        const = d.node.maybe_as_int()
+        return const if const is not None else str(d)
     try:
         return int(d)
-    except Exception:  # a SymInt that is not concrete
+    except Exception:
         return str(d)
 
 

@@ -15,6 +15,8 @@ from torch import fx
 aten = torch.ops.aten
 
 CONV = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default}
+# What torch.export emits for nn.ConvTranspose*d: weight is (Cin, Cout/groups, k...).
+CONV_TRANSPOSE = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
 LINEAR = {aten.linear.default}
 MATMUL = {aten.mm.default, aten.bmm.default, aten.matmul.default, aten.addmm.default}
 BATCH_NORM = {

@@ -60,6 +60,8 @@ def _check_zero_channels(node: fx.Node) -> None:
 
 
 def _is_zero(d) -> bool:
+    if isinstance(d, torch.SymInt):  # never guard on a symbolic dim (int() would specialise it)
+        return d.node.maybe_as_int() == 0
     try:
         return int(d) == 0
     except Exception:
@@ -115,10 +117,14 @@ def _check_24(mod, node: fx.Node, sp: M.Sparsity24) -> None:
         raise VerificationError("2:4 metadata on a node that is not a weight", where=node_location(node))
     w = mod.get_param(node.target)
     if not is_24_sparse(w, sp.dim):
+        try:
+            actual = f"{count_24_violations(w, sp.dim)} groups with more"
+        except (ValueError, IndexError) as exc:  # the dim cannot be split into groups of 4
+            actual = f"{exc} (weight shape {tuple(w.shape)})"
         raise VerificationError(
             "a weight marked 2:4 is not 2:4 sparse", where=node_location(node),
             expected=f"at most 2 non-zeros in every 4 consecutive elements along dim {sp.dim}",
-            actual=f"{count_24_violations(w, sp.dim)} groups with more",
+            actual=actual,
             fix="re-run sparsify-2-4, or re-apply the masks after training",
         )
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 from sparsec import knobs
 from sparsec.errors import PipelineError, PipelineFailure, SparsecError
-from sparsec.passes.base import Pass, PassResult
+from sparsec.passes.base import Pass, PassResult, type_accepts
 from sparsec.passes.pipeline import format_pipeline, parse_pipeline
 
 log = logging.getLogger("sparsec.passes")
@@ -71,7 +71,7 @@ class PassContext:
             if key not in CONFIG_KEYS:
                 raise PipelineError(f"unknown config key '{key}'", fix=f"known keys: {', '.join(sorted(CONFIG_KEYS))}")
             spec = CONFIG_KEYS[key]
-            if not isinstance(value, spec.type):
+            if not type_accepts(spec.type, value):  # an int is a float here; a bool is not an int
                 raise PipelineError(
                     f"config key '{key}' has a bad value", expected=spec.type.__name__, actual=repr(value)
                 )
@@ -142,6 +142,13 @@ class PassManager:
                     mod.recompile()
                 if ctx.verify_each:
                     mod.verify()
+                if result.modified:
+                    mod.invalidate(p.preserves)
+                seconds = time.perf_counter() - t0
+                rec = PassRecord(p.name, str(p), False, result.modified, seconds, dict(result.stats))
+                # after-instruments may fail the pass too (--check-numerics): same report, same reproducer
+                for ins in ctx.instruments:
+                    ins.after_pass(p, mod, result, ctx, i)
             except Exception as exc:
                 for ins in ctx.instruments:
                     try:
@@ -149,13 +156,7 @@ class PassManager:
                     except Exception as inner:  # an instrument must not hide the real failure
                         log.warning("instrument %s failed while reporting: %s", type(ins).__name__, inner)
                 raise self._failure(p, i, records, text, exc, ctx) from exc
-            if result.modified:
-                mod.invalidate(p.preserves)
-            seconds = time.perf_counter() - t0
-            rec = PassRecord(p.name, str(p), False, result.modified, seconds, dict(result.stats))
             records.append(rec)
-            for ins in ctx.instruments:
-                ins.after_pass(p, mod, result, ctx, i)
         for ins in ctx.instruments:
             ins.after_pipeline(mod, records, ctx)
         return records

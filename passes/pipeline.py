@@ -39,11 +39,19 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
         if m.group("punct"):
             out.append(("punct", m.group("punct"), m.start("punct")))
         elif m.group("quoted") is not None:
-            out.append(("str", bytes(m.group("quoted"), "utf-8").decode("unicode_escape"), m.start()))
+            out.append(("str", _unescape(m.group("quoted")), m.start("quoted") - 1))
         else:
             out.append(("word", m.group("word"), m.start("word")))
         pos = m.end()
     return out
+
+
+_ESCAPES = {"n": "\n", "t": "\t"}
+
+
+def _unescape(text: str) -> str:
+    """Undo ``\\"``, ``\\\\`` (what the formatter writes), ``\\n`` and ``\\t``; keeps non-ASCII text as is."""
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text, flags=re.S)
 
 
 def _caret(text: str, pos: int) -> str:
@@ -59,9 +67,14 @@ class _Parser:
     def peek(self) -> tuple[str, str, int] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
 
+    def at(self, punct: str) -> bool:
+        """Is the next token the punctuation ``punct`` (not a quoted string that spells it)?"""
+        tok = self.peek()
+        return tok is not None and tok[0] == "punct" and tok[1] == punct
+
     def take(self, kind: str | None = None, value: str | None = None) -> tuple[str, str, int]:
         tok = self.peek()
-        if tok is None or (kind and tok[0] != kind) or (value and tok[1] != value):
+        if tok is None or (kind and tok[0] != kind) or (value and (tok[0] != "punct" or tok[1] != value)):
             pos = tok[2] if tok else len(self.text)
             want = value or kind or "more text"
             got = repr(tok[1]) if tok else "end of text"
@@ -80,8 +93,7 @@ class _Parser:
         while True:
             _, name, pos = self.take("word")
             opts: dict[str, Any] = {}
-            tok = self.peek()
-            if tok and tok[1] == "{":
+            if self.at("{"):
                 self.take(value="{")
                 while True:
                     _, key, kpos = self.take("word")
@@ -89,7 +101,7 @@ class _Parser:
                     if key.replace("-", "_") in opts:
                         raise PipelineError(f"option '{key}' given twice", where=_caret(self.text, kpos))
                     opts[key.replace("-", "_")] = (self.value(), kpos)
-                    if self.peek() and self.peek()[1] == ",":
+                    if self.at(","):
                         self.take(value=",")
                         continue
                     self.take(value="}")
@@ -101,15 +113,15 @@ class _Parser:
 
     def value(self) -> Any:
         tok = self.peek()
-        if tok and tok[1] == "[":
+        if self.at("["):
             self.take(value="[")
             vals = []
-            if self.peek() and self.peek()[1] == "]":
+            if self.at("]"):
                 self.take(value="]")
                 return ("list", vals)
             while True:
                 vals.append(self.value())
-                if self.peek() and self.peek()[1] == ",":
+                if self.at(","):
                     self.take(value=",")
                     continue
                 self.take(value="]")
@@ -189,6 +201,13 @@ def parse_pipeline(text: str, reg=None, _depth: int = 0) -> list[Pass]:
                     where=_caret(text, kpos), fix=f"its options are: {known}",
                 )
             kwargs[key] = _convert(raw, types[key], key.replace("_", "-"), name)
+        missing = [k for k in types if k not in kwargs and k not in cls.option_defaults()]
+        if missing:
+            key = missing[0].replace("_", "-")
+            raise PipelineError(
+                f"pass '{name}' needs option '{key}'", where=_caret(text, pos),
+                expected=describe_type(types[missing[0]]), fix=f"write {name}{{{key}=...}}",
+            )
         passes.append(cls(**kwargs))
     return passes
 

@@ -11,6 +11,7 @@ PASSES = {
     "fold-bn": "sparsec.passes.fold_bn:FoldBatchNorm",
     "to-dtype": "sparsec.passes.convert:ToDtype",
     "to-channels-last": "sparsec.passes.convert:ToChannelsLast",
+    "prune-channels": "sparsec.passes.prune.apply:PruneChannels",
 }
 
 # Named pipelines: a name standing for a pipeline text.

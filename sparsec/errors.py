@@ -112,15 +112,30 @@ def _target_name(node) -> str:
 
 
 def _last_user_frame(trace: str) -> str | None:
-    """The innermost ``File "x.py", line N`` of an fx stack trace, as ``x.py:N``."""
-    last = None
+    """The innermost ``File "x.py", line N`` of an fx stack trace, as ``x.py:N``.
+
+    Frames inside torch itself (``torch/nn/modules/conv.py``) are skipped
+    when a user frame exists: the user's line is the one worth showing.
+    """
+    last = last_user = None
     for line in trace.splitlines():
         line = line.strip()
         if line.startswith('File "'):
             try:
                 path = line.split('"')[1]
                 lineno = line.split("line ")[1].split(",")[0]
-                last = f"{path}:{lineno}"
             except IndexError:
                 continue
-    return last
+            last = f"{path}:{lineno}"
+            if not _in_torch(path):
+                last_user = last
+    return last_user or last
+
+
+def _in_torch(path: str) -> bool:
+    import os
+    import sys
+
+    torch = sys.modules.get("torch")
+    root = os.path.dirname(getattr(torch, "__file__", None) or "") if torch else ""
+    return bool(root) and os.path.abspath(path).startswith(root + os.sep)

@@ -82,10 +82,12 @@ class Registry:
             hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
             raise RegistryError(
                 f"unknown {kind} '{name}'",
-                fix=f"{hint}known {kind}s: {', '.join(sorted(table)) or '(none)'}",
+                fix=f"{hint}known {'passes' if kind == 'pass' else kind + 's'}: {', '.join(sorted(table)) or '(none)'}",
             )
         if not entry.is_loaded:
-            entry.loaded = _import(entry.factory) if isinstance(entry.factory, str) else entry.factory
+            # a pipeline's factory is its text, never an import path
+            lazy = isinstance(entry.factory, str) and kind != "pipeline"
+            entry.loaded = _import(entry.factory) if lazy else entry.factory
             entry.is_loaded = True
         return entry.loaded
 
