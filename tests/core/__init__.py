@@ -1,0 +1,1 @@
+"""Tests of sparsec's core: registry, pipeline text, pass manager, instruments, IR."""
