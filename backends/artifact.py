@@ -116,7 +116,7 @@ def _fresh_dir(parent: Path, prefix: str) -> Path:
 
 def _check_replaceable(dest: Path) -> None:
     """With --force, replace only a sparsec artifact or an empty directory: never a user's files."""
-    if dest.is_dir() and (not any(dest.iterdir()) or _is_artifact(dest)):
+    if dest.is_dir() and (not any(dest.iterdir()) or is_artifact(dest)):
         return
     what = "a file" if dest.is_file() else "a directory that is not a sparsec artifact"
     raise ArtifactError(
@@ -126,7 +126,7 @@ def _check_replaceable(dest: Path) -> None:
     )
 
 
-def _is_artifact(path: Path) -> bool:
+def is_artifact(path: Path) -> bool:
     try:
         return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):

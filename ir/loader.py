@@ -332,6 +332,12 @@ def _from_factory(path: Path, fn: str) -> tuple[torch.nn.Module, tuple | None]:
 
 
 def _from_file(path: Path, *, arch: str | None, trust_pickle: bool, dtype: torch.dtype):
+    from sparsec.backends import artifact
+
+    if path.is_dir() and artifact.is_artifact(path):
+        # A compiled artifact: its transformed program is a plain .pt2 inside.
+        loaded = _from_pt2(path / artifact.PROGRAM, dtype)
+        return dataclasses.replace(loaded, name=path.name.removesuffix(artifact.SUFFIX))
     kind, found = sniff(path)
     if kind == "pt2":
         if arch is not None:
@@ -361,7 +367,8 @@ def sniff(path: Path) -> tuple[str, str]:
                         fix="check the path, or use zoo:torchvision/NAME or FILE.py:FACTORY")
     if path.is_dir():
         raise LoadError(f"'{path}' is a directory, not a model file", where=str(path), actual="a directory",
-                        fix="give the model file inside it (a .pt2 or a torch.save file)")
+                        fix="give the model file inside it (a .pt2 or a torch.save file), "
+                        "or a compiled .sparsec artifact directory")
     try:
         with path.open("rb") as f:
             head = f.read(8)

@@ -31,7 +31,12 @@ _VALUELESS_MODULES = {"_guards_fn"}
 
 
 def is_valueless(node: fx.Node) -> bool:
-    return node.op == "output" or (node.op == "call_module" and node.target in _VALUELESS_MODULES)
+    """Nodes that produce no tensor: the output, export's guard module, and
+    ATen ops whose schema returns nothing (``aten._assert_tensor_metadata``)."""
+    if node.op == "output" or (node.op == "call_module" and node.target in _VALUELESS_MODULES):
+        return True
+    schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+    return schema is not None and len(schema.returns) == 0
 
 
 class Module:

@@ -111,7 +111,7 @@ class Registry:
         from importlib.metadata import entry_points
 
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            provider = f"{ep.dist.name if ep.dist else ep.value} ({ep.value})"
+            provider = f"{ep.dist.name} ({ep.value})" if ep.dist else ep.value
             try:
                 hook: Callable[[Registry], None] = ep.load()
             except Exception as exc:  # a broken plugin must not break sparsec

@@ -420,6 +420,14 @@ def test_inspect_transformed_program(run, tiny, tmp_path):
     assert not any("batch_norm" in n["op"] for n in data["nodes"])
 
 
+def test_inspect_compiled_artifact_directory(run, tiny, tmp_path):
+    out = tmp_path / "net.sparsec"
+    run("compile", tiny.path, "--target", "cpu", "-o", out)
+    data = json.loads(run("inspect", out, "-f", "json").stdout)
+    assert data["totals"]["params"] == 224 + 45  # the compiled (BN-folded) program, not the input
+    assert not any("batch_norm" in n["op"] for n in data["nodes"])
+
+
 def test_inspect_target_support_column(run, tiny):
     res = run("inspect", tiny.path, "--target", "cpu")
     header = next(l for l in res.stdout.splitlines() if "name" in l and "support" in l)

@@ -202,3 +202,19 @@ def test_verify_passes_on_a_clean_module(mod) -> None:
     M.put(_node(mod, "conv2d"), M.Pruned(16, 8))
     M.put(_node(mod, "conv2d"), M.FoldedFrom(("batch_norm",)))
     mod.verify()
+
+
+def test_ops_that_return_nothing_need_no_metadata() -> None:
+    # A dtype cast exports as aten._assert_tensor_metadata + aten.to: the assert
+    # returns nothing, so it has no "val" and verify must accept it.
+    class Cast(torch.nn.Module):
+        def forward(self, x):
+            return x.to(torch.float64) * 2
+
+    mod = sparsec.trace(Cast(), torch.randn(2, 3))
+    asserts = [n for n in mod.graph.nodes if "assert_tensor_metadata" in str(n.target)]
+    assert asserts, "the export is expected to contain an _assert_tensor_metadata node"
+    assert all("val" not in n.meta or n.meta["val"] is None for n in asserts)
+    mod.verify()
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(mod.gm(x), x.double() * 2)
