@@ -32,16 +32,6 @@ from sparsec.passes.manager import PassContext, PassManager
 from .nets import small_net
 
 
-@pytest.fixture(scope="module")
-def traced() -> Module:
-    return sparsec.trace(small_net(), torch.randn(2, 3, 8, 8))
-
-
-@pytest.fixture
-def mod(traced: Module) -> Module:
-    return traced.clone()
-
-
 def _node(mod: Module, name: str):
     return next(n for n in mod.graph.nodes if n.name == name)
 

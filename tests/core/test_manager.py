@@ -8,7 +8,6 @@ from typing import ClassVar
 import pytest
 import torch
 
-import sparsec
 from sparsec.errors import PassFailedError, PipelineError, PipelineFailure, VerificationError, node_location
 from sparsec.ir import Cost, ShapeInfo
 from sparsec.ir.module import Module
@@ -17,19 +16,8 @@ from sparsec.passes.instruments import Instrument
 from sparsec.passes.manager import CONFIG_KEYS, PassContext, PassManager, register_config, run_pipeline
 from sparsec.registry import Registry, reset_registry
 
-from .nets import small_net
 
 # -- fixtures and test passes -----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def traced() -> Module:
-    return sparsec.trace(small_net(), torch.randn(2, 3, 8, 8))
-
-
-@pytest.fixture
-def mod(traced: Module) -> Module:
-    return traced.clone()
 
 
 class Log(list):

@@ -8,21 +8,14 @@ from sparsec.ir.analysis import Cost
 from sparsec.passes import PassManager
 from sparsec.passes.prune import ChannelPrunePlanner, PruneChannels, masked_reference
 
-from ..conftest import rel_err
+from ..conftest import randomise_bn, rel_err
 
 
 @torch.no_grad()
 def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Non-trivial BN statistics, and no all-zero weights (ViT's head starts at zero)."""
     gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
-            m.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
-            if m.affine:
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.5)
+    randomise_bn(model, gen)
     for p in model.parameters():
         if p.abs().sum() == 0:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
