@@ -34,17 +34,25 @@ def environment() -> dict:
     except ImportError:
         pass
     cuda = torch.cuda.is_available()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
+    # The device machine gets a copy of the working tree whose .git may be stale, so the
+    # launcher's SPARSEC_GIT_COMMIT wins; otherwise ask git, and say when the tree differs.
+    commit = os.environ.get("SPARSEC_GIT_COMMIT", "")
+    if not commit:
+        try:
+            git = ["git", "-C", str(ROOT)]
+            commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+            dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True).stdout.strip()
+            commit += "+dirty" if commit and dirty else ""
+        except OSError:
+            commit = ""
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "capability": list(torch.cuda.get_device_capability()) if cuda else None,
         "versions": versions,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": " ".join([Path(sys.argv[0]).as_posix() if not sys.argv[0].startswith(str(ROOT)) else os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
-        "git_commit": commit or os.environ.get("SPARSEC_GIT_COMMIT", ""),
+        "git_commit": commit,
     }
 
 

@@ -201,7 +201,15 @@ class PruneChannels(Pass):
     channel rule, and the model's inputs and outputs, are left whole.
     ``taylor`` from the pipeline uses random inputs: for testing only.
 
+    ``objective=latency`` (HALP-style) ignores ``ratio`` and ``scope``: with a
+    latency table from ``sparsec profile`` (``lut``), it picks each group's
+    width so that the predicted latency of the conv/linear layers at
+    ``batch`` is at most ``budget`` times the dense one, keeping the most
+    importance; ``max_ratio`` caps what any one group loses. The stats give
+    the predicted and dense latencies (ms).
+
     Example: sparsec opt m.pt2 --pipeline 'prune-channels{ratio=0.5,round-to=8}'
+    Example: sparsec opt m.pt2 --pipeline 'prune-channels{objective=latency,budget=0.5,lut=lut.json,round-to=16}'
     """
 
     name: ClassVar[str] = "prune-channels"
@@ -217,6 +225,11 @@ class PruneChannels(Pass):
     protected: tuple[str, ...] = ()
     plan: str | None = None
     seed: int = 0
+    objective: Literal["ratio", "latency"] = "ratio"
+    budget: float | None = None
+    lut: str | None = None
+    batch: int = 256
+    max_ratio: float = 1.0
 
     def validate(self) -> None:
         if not 0 <= self.ratio < 1:
@@ -230,6 +243,26 @@ class PruneChannels(Pass):
             raise PipelineError(f"option 'min_channels' of pass '{self.name}' is out of range",
                                 expected="min_channels >= 1 (a layer may never be emptied)",
                                 actual=repr(self.min_channels))
+        if self.objective == "latency":
+            if self.lut is None or self.budget is None:
+                raise PipelineError(f"objective=latency of pass '{self.name}' needs both budget= and lut=",
+                                    actual=f"budget={self.budget!r}, lut={self.lut!r}",
+                                    fix="e.g. prune-channels{objective=latency,budget=0.5,lut=lut.json}; "
+                                        "make the table with `sparsec profile --target h100 --model SPEC -o lut.json`")
+            if not 0 < self.max_ratio <= 1:
+                raise PipelineError(f"option 'max_ratio' of pass '{self.name}' is out of range",
+                                    expected="0 < max_ratio <= 1 (the most of any group removed)",
+                                    actual=repr(self.max_ratio))
+            if not 0 < self.budget <= 1:
+                raise PipelineError(f"option 'budget' of pass '{self.name}' is out of range",
+                                    expected="0 < budget <= 1 (a fraction of the dense latency)",
+                                    actual=repr(self.budget))
+        elif self.budget is not None or self.lut is not None or self.max_ratio != 1.0:
+            raise PipelineError(f"options 'budget', 'lut' and 'max_ratio' of pass '{self.name}' need objective=latency",
+                                fix="add objective=latency, or drop budget=, lut= and max-ratio=")
+        if self.batch < 1:
+            raise PipelineError(f"option 'batch' of pass '{self.name}' is out of range",
+                                expected="batch >= 1", actual=repr(self.batch))
 
     def make_plan(self, mod) -> PrunePlan:
         if self.plan is not None:
@@ -245,7 +278,7 @@ class PruneChannels(Pass):
             calibration = random_calibration(mod, self.seed)
         planner = ChannelPrunePlanner(
             self.ratio, self.importance, self.round_to, self.min_channels, self.protected or None,
-            self.scope, self.seed, calibration,
+            self.scope, self.seed, calibration, self.objective, self.budget, self.lut, self.batch, self.max_ratio,
         )
         return planner.plan(mod)
 
@@ -254,6 +287,10 @@ class PruneChannels(Pass):
         before = _param_count(mod)
         stats = apply_plan(mod, plan)
         log.info("prune-channels:\n%s", plan)
+        if plan.latency is not None:
+            stats = {**stats, "dense_latency_ms": round(plan.latency.dense_ms, 6),
+                     "predicted_latency_ms": round(plan.latency.predicted_ms, 6),
+                     "predicted_latency_frac": round(plan.latency.predicted_ms / plan.latency.dense_ms, 6)}
         return PassResult(modified=stats["groups_pruned"] > 0, stats={
             **stats, "params_before": before, "params_after": _param_count(mod)})
 

@@ -27,6 +27,16 @@ and outputs are always protected.
 ``scope="uniform"`` prunes every part by ``ratio``; ``scope="global"`` ranks
 units across groups (importance divided by its group's mean) and removes the
 lowest ``ratio`` of them all, each part then rounded as above.
+
+``objective="latency"`` ignores ``ratio`` and ``scope``: given a latency
+table (``lut``, see :mod:`sparsec.passes.prune.latency`) it picks each
+group's width so that the predicted latency at ``batch`` is at most
+``budget`` times the dense one, keeping the most importance.
+
+An impossible plan is an error naming the group and the constraint: a
+``round_to`` larger than every prunable group (nothing could be pruned), a
+protected name the model does not have, a latency table made for another
+model, or a latency budget that no widths reach.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ log = logging.getLogger("sparsec.passes.prune")
 
 IMPORTANCES = ("l1", "l2", "bn-scale", "taylor", "random")
 SCOPES = ("uniform", "global")
+OBJECTIVES = ("ratio", "latency")
 PLAN_VERSION = 1
 
 
@@ -77,13 +88,15 @@ class PrunePlan:
     ratio: float
     importance: str
     skipped: tuple[tuple[str, str], ...] = ()  # (group label, why it is not pruned)
+    latency: LatencyPlan | None = None  # objective=latency: the budget and the predictions
 
     def __str__(self) -> str:
         rows = [("group", "producer", "members", "units", "kept", "removed")]
         for g in self.groups:
             rows.append((str(g.group), g.label, str(len(g.members)), str(g.size), str(len(g.kept)), str(g.removed)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = [f"PrunePlan(ratio={self.ratio}, importance={self.importance}): "
+        head = f"ratio={self.ratio}" if self.latency is None else str(self.latency)
+        lines = [f"PrunePlan({head}, importance={self.importance}): "
                  f"{len(self.groups)} groups, {sum(g.removed for g in self.groups)} units removed"]
         for r in rows:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -94,7 +107,8 @@ class PrunePlan:
     def to_json(self) -> str:
         return json.dumps({"version": PLAN_VERSION, "ratio": self.ratio, "importance": self.importance,
                            "groups": [dataclasses.asdict(g) for g in self.groups],
-                           "skipped": [list(s) for s in self.skipped]}, indent=1)
+                           "skipped": [list(s) for s in self.skipped],
+                           "latency": dataclasses.asdict(self.latency) if self.latency else None}, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> "PrunePlan":
@@ -106,11 +120,28 @@ class PrunePlan:
                 GroupPlan(int(g["group"]), str(g["label"]), tuple(g["members"]), int(g["size"]), tuple(int(k) for k in g["kept"]))
                 for g in data["groups"]
             )
+            lat = data.get("latency")
             return cls(groups, float(data["ratio"]), str(data["importance"]),
-                       tuple((str(a), str(b)) for a, b in data.get("skipped", ())))
+                       tuple((str(a), str(b)) for a, b in data.get("skipped", ())),
+                       LatencyPlan(**lat) if lat else None)
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError("the pruning plan is not a valid plan JSON", actual=f"{type(exc).__name__}: {exc}",
                              fix="write plans with PrunePlan.to_json()") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyPlan:
+    """What a latency-objective plan promised: predicted ms of the conv/linear layers at ``batch``."""
+
+    budget: float
+    batch: int
+    lut_fingerprint: str
+    dense_ms: float
+    predicted_ms: float
+
+    def __str__(self) -> str:
+        return (f"objective=latency, budget={self.budget:g}, batch={self.batch}: predicted "
+                f"{self.predicted_ms:.4f} of {self.dense_ms:.4f} ms dense ({self.predicted_ms / self.dense_ms:.3f}x)")
 
 
 def round_width(n: int, ratio: float, round_to: int, min_channels: int) -> int:
@@ -131,6 +162,11 @@ class ChannelPrunePlanner:
     scope: str = "uniform"
     seed: int = 0
     calibration: Any = None  # a batch of inputs (tuple) or a callable gm -> scalar loss, for taylor
+    objective: str = "ratio"
+    budget: float | None = None  # objective=latency: predicted latency <= budget * dense
+    lut: Any = None  # objective=latency: a LatencyLUT, or the path of one
+    batch: int = 256  # objective=latency: the batch size of the table to plan for
+    max_ratio: float = 1.0  # objective=latency: no group loses more than this fraction of its units
 
     def __post_init__(self) -> None:
         if not 0 <= self.ratio < 1:
@@ -145,6 +181,21 @@ class ChannelPrunePlanner:
             raise UsageError(f"unknown importance '{self.importance}'", fix=f"use one of {', '.join(IMPORTANCES)}")
         if self.scope not in SCOPES:
             raise UsageError(f"unknown scope '{self.scope}'", fix=f"use one of {', '.join(SCOPES)}")
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"unknown objective '{self.objective}'", fix=f"use one of {', '.join(OBJECTIVES)}")
+        if self.objective == "latency":
+            if self.lut is None:
+                raise UsageError("objective=latency needs a latency table (lut)",
+                                 fix="make one with `sparsec profile --target h100 --model SPEC -o lut.json`, "
+                                     "then pass lut=lut.json")
+            if not 0 < self.max_ratio <= 1:
+                raise UsageError("max_ratio must be in (0, 1]", actual=repr(self.max_ratio))
+            if self.budget is None or not 0 < self.budget <= 1:
+                raise UsageError("objective=latency needs a budget in (0, 1]", actual=repr(self.budget),
+                                 fix="e.g. budget=0.5: at most half the dense latency")
+        elif self.budget is not None or self.lut is not None or self.max_ratio != 1.0:
+            raise UsageError("budget, lut and max_ratio apply to objective=latency only",
+                             fix="add objective=latency, or drop budget/lut/max_ratio")
         if self.importance == "taylor" and self.calibration is None:
             raise UsageError("taylor importance needs a calibration batch or a loss callable",
                              fix="pass calibration=(inputs...) or calibration=lambda gm: loss")
@@ -163,8 +214,12 @@ class ChannelPrunePlanner:
                 skipped.append((g.label(), f"protected by the user ({protected_groups[g.id]})"))
             else:
                 candidates.append(g)
+        self._check_round_to(candidates)
         scores = self._scores(mod, candidates)
-        if self.scope == "global" and candidates:
+        latency = None
+        if self.objective == "latency":
+            keep, latency = self._latency(mod, candidates, scores)
+        elif self.scope == "global" and candidates:
             keep = self._global(candidates, scores)
         else:
             keep = {g.id: self._uniform(g, scores[g.id], self.ratio) for g in candidates}
@@ -173,9 +228,35 @@ class ChannelPrunePlanner:
             kept = tuple(int(k) for k in sorted(keep[g.id]))
             if len(kept) < g.size:
                 plans.append(GroupPlan(g.id, g.label(), tuple(f"{n}:{d}" for n, d in g.members), g.size, kept))
+            elif g.size <= self.round_to:
+                skipped.append((g.label(), f"kept whole: {g.size} units round to all of them (round_to={self.round_to})"))
+            elif self.objective == "latency":
+                skipped.append((g.label(), "kept whole: the latency budget is met without it"))
             elif self.ratio > 0:
                 skipped.append((g.label(), f"kept whole: {g.size} units round to all of them (round_to={self.round_to})"))
-        return PrunePlan(tuple(plans), self.ratio, self.importance, tuple(skipped))
+        return PrunePlan(tuple(plans), self.ratio if latency is None else 0.0, self.importance, tuple(skipped), latency)
+
+    def _check_round_to(self, candidates: list[ChannelGroup]) -> None:
+        """A round_to wider than every prunable group would prune nothing: say so, naming the widest."""
+        if not candidates or (self.objective == "ratio" and self.ratio == 0):
+            return
+        widest = max(candidates, key=lambda g: g.size)
+        if widest.size <= self.round_to:
+            raise PassFailedError(
+                f"round_to={self.round_to} is larger than every prunable group: nothing can be pruned",
+                where=f"the widest prunable group, {widest.id} ({widest.label()}), has {widest.size} units",
+                expected=f"round_to < {widest.size} (round_to counts units: channels, or whole conv/norm groups)",
+                actual=f"round_to={self.round_to}",
+                fix=f"lower round_to (e.g. round_to={max(1, widest.size // 4)})",
+            )
+
+    def _latency(self, mod, candidates: list[ChannelGroup], scores) -> tuple[dict[int, np.ndarray], LatencyPlan]:
+        from sparsec.passes.prune.latency import LatencyLUT, solve
+
+        lut = self.lut if isinstance(self.lut, LatencyLUT) else LatencyLUT.load(self.lut)
+        sol = solve(mod, lut, candidates, scores, budget=float(self.budget), batch=self.batch,
+                    round_to=self.round_to, min_channels=self.min_channels, max_ratio=self.max_ratio)
+        return dict(sol.keep), LatencyPlan(float(self.budget), self.batch, lut.fingerprint, sol.dense_ms, sol.predicted_ms)
 
     def _uniform(self, g: ChannelGroup, score: np.ndarray, ratio: float) -> np.ndarray:
         out = []

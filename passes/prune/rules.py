@@ -21,6 +21,9 @@ Registering a rule for your own op::
     @channel_rule(torch.ops.mylib.scale.default)
     def _scale(node, g):
         g.identity(node.args[0], node)        # out[c] depends on in[c] only
+
+``examples/custom_channel_rule.py`` is a runnable example: a custom op with a
+parameter of its own, the diagnostic without a rule, and pruning with one.
 """
 
 from __future__ import annotations
