@@ -1,0 +1,177 @@
+"""sparsec's own ops on the TVM path: decomposed, or called as packed kernels.
+
+Two mechanisms, both applied by :func:`sparsec.backends.tvm.lowering.to_relax`:
+
+* **Decompositions.** The fused ops of the ``fusion`` pipeline
+  (``sparsec::fused_conv2d``, ``fused_linear``, ``conv2d_pool``) are defined
+  by ATen references (passes/fusion/ops.py). Before import they decompose to
+  those, and TVM fuses the epilogue again by itself.
+* **Kernel ops** (the hook for sparsec's CUTLASS kernels). A ``KernelOp``
+  maps one ``sparsec::`` torch op to a TVM-FFI packed function. The importer
+  gets a ``custom_convert_map`` entry that emits
+  ``relax.call_dps_packed(packed_name, tensor args, out_ty=<node's shape>)``;
+  scalar arguments travel as ``PrimValue``/``StringImm``. The packed function
+  must be registered in the process that runs the VM: the runtime imports
+  each kernel op's ``provider`` module before it starts the VM, and the
+  manifest lists the providers. A provider registers with
+  ``tvm_ffi.register_global_func(packed_name, fn)`` (a Python function on
+  DLPack tensors) or exports ``TVM_FFI_DLL_EXPORT_TYPED_FUNC`` symbols.
+
+``sparsec::gemm24`` and ``sparsec::gemm_dense`` (the CUTLASS lowering's ops)
+are built in, provided by :mod:`.cutlass_kernels`.
+
+Example:
+    >>> register_kernel_op(KernelOp("mylib::fast_gemm.default", "mylib.fast_gemm", provider="mylib.tvm_kernels"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+KernelOpTable = dict[str, "KernelOp"]
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelOp:
+    """A ``sparsec::`` op that TVM calls as a packed kernel, destination-passing style.
+
+    ``op``: the torch op overload's qualified name (``sparsec::gemm24.default``);
+    ``packed``: the TVM-FFI global function name, called as ``packed(*inputs, out)``;
+    ``provider``: the module that registers ``packed`` when imported.
+    """
+
+    op: str
+    packed: str
+    provider: str
+
+    @property
+    def key(self) -> str:
+        """The importer's convert-map key: the overload's ``__name__`` (``gemm24.default``)."""
+        return self.op.split("::", 1)[-1]
+
+
+_KERNEL_OPS: KernelOpTable = {}
+
+
+def register_kernel_op(kop: KernelOp) -> None:
+    """Route ``kop.op`` to a packed kernel in every later TVM lowering (replaces an entry of the same op)."""
+    _KERNEL_OPS[kop.op] = kop
+
+
+def unregister_kernel_op(op: str) -> None:
+    _KERNEL_OPS.pop(op, None)
+
+
+# sparsec's own kernel ops, always routed (their provider registers the packed functions)
+_BUILTIN = {
+    "sparsec::gemm24.default": KernelOp("sparsec::gemm24.default", "sparsec.gemm24",
+                                        provider="sparsec.backends.tvm.cutlass_kernels"),
+    "sparsec::gemm_dense.default": KernelOp("sparsec::gemm_dense.default", "sparsec.gemm_dense",
+                                            provider="sparsec.backends.tvm.cutlass_kernels"),
+}
+
+
+def kernel_ops() -> tuple[KernelOp, ...]:
+    return tuple({**_BUILTIN, **_KERNEL_OPS}.values())
+
+
+def custom_convert_map() -> dict[str, Callable]:
+    """The Relax importer's ``custom_convert_map``: 16-bit-safe GEMM/conv converters, then the kernel ops."""
+    table: dict[str, Callable] = {"convolution.default": _convolution, "addmm.default": _addmm}
+    table.update({k.key: _dps_converter(k) for k in kernel_ops()})
+    return table
+
+
+# TVM 0.27's converters for conv and addmm emit ``out_dtype="float32"`` and then add the bias in
+# the input's dtype, which fails for fp16/bf16 graphs ("Binary operators must have the same
+# datatype"). These keep fp32 accumulation, cast the product to the graph's dtype (as torch's
+# fp16 kernels round their fp32 accumulators) and then add the bias. fp32 graphs and other
+# convolutions (transposed, 1-D, 3-D) go to TVM's own converters unchanged.
+def _convolution(node, importer) -> Any:
+    from tvm import relax
+
+    a = importer.retrieve_args(node)
+    x, w, bias = a[0], a[1], a[2] if len(a) > 2 else None
+    transposed = a[6] if len(a) > 6 else False
+    if x.ty.dtype == "float32" or transposed or x.ty.ndim != 4:
+        return importer._convolution(node)
+    bb = importer.block_builder
+    y = bb.emit(relax.op.nn.conv2d(x, w, strides=a[3], padding=a[4], dilation=a[5], groups=a[8],
+                                   data_layout="NCHW", kernel_layout="OIHW", out_dtype="float32"))
+    y = bb.emit(relax.op.astype(y, x.ty.dtype))
+    if bias is None:
+        return y
+    return bb.emit(relax.op.add(y, relax.op.reshape(bias, (1, -1, 1, 1))))  # y + bias[None, :, None, None]
+
+
+def _addmm(node, importer) -> Any:
+    from tvm import relax
+
+    bias, x, w = (importer.env[a] for a in node.args[:3])
+    alpha, beta = node.kwargs.get("alpha", 1), node.kwargs.get("beta", 1)
+    if x.ty.dtype == "float32" or (alpha, beta) != (1, 1):
+        return importer._addmm(node)
+    bb = importer.block_builder
+    y = bb.emit(relax.op.astype(bb.emit(relax.op.linear_algebra.matmul(x, w, out_dtype="float32")), x.ty.dtype))
+    return bb.emit(relax.op.add(bias, y))  # bias + x @ w
+
+
+def _dps_converter(kop: KernelOp) -> Callable:
+    def convert(node, importer) -> Any:
+        import torch
+        from tvm import relax
+
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            raise TypeError(f"{kop.op}: only single-tensor outputs are supported, got {type(val).__name__}")
+        out_ty = relax.TensorType([int(d) for d in val.shape], importer._convert_data_type(val.dtype))
+        args = [_relax_arg(a, importer) for a in importer.retrieve_args(node)]
+        return importer.block_builder.emit(relax.call_dps_packed(kop.packed, args, out_ty=out_ty))
+
+    return convert
+
+
+def _relax_arg(a: Any, importer) -> Any:
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr import prim_value
+
+    if isinstance(a, relax.Expr):
+        return a
+    if a is None:  # an absent optional tensor: a 0-element tensor (the provider reads it as None)
+        import numpy as np
+
+        return relax.const(np.zeros((0,), dtype="float32"))
+    if isinstance(a, (bool, int, float)):
+        return prim_value(a)  # 0.27: scalars are PrimExprs (IntImm/FloatImm), no relax.PrimValue
+    if isinstance(a, str):
+        return tvm.ir.StringImm(a)
+    raise TypeError(f"cannot pass {type(a).__name__} {a!r} to a packed kernel")
+
+
+def decompositions() -> dict:
+    """sparsec's fused ops -> their ATen reference implementations (for ``run_decompositions``)."""
+    import torch
+
+    from sparsec.passes.fusion import ops as F  # registers the sparsec:: ops
+
+    table = {
+        torch.ops.sparsec.fused_conv2d.default: F.fused_conv2d_ref,
+        torch.ops.sparsec.fused_linear.default: F.fused_linear_ref,
+        torch.ops.sparsec.conv2d_pool.default: F.conv2d_pool_ref,
+    }
+    for kop in kernel_ops():  # a kernel op is called, never decomposed
+        try:
+            table.pop(_overload(kop.op), None)
+        except AttributeError:  # its torch library is not loaded: nothing to keep from decomposing
+            pass
+    return table
+
+
+def _overload(qualified: str):
+    import torch
+
+    ns, _, rest = qualified.partition("::")
+    name, _, overload = rest.partition(".")
+    return getattr(getattr(getattr(torch.ops, ns), name), overload or "default")

@@ -1,0 +1,37 @@
+"""On a CUDA GPU: a *-tvm artifact built here runs with the TVM runtime and matches PyTorch eager.
+
+The same check at full size (ResNet-50, MobileNetV2, EfficientNet-B0, fp16, batch 8 at 224) is
+benchmarks/tvm_bench.py, run on the device machine (benchmarks/results/tvm_h100.json).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sparsec
+
+from .conftest import rel_err
+
+pytestmark = pytest.mark.gpu
+
+
+def _target() -> str:
+    major, _ = torch.cuda.get_device_capability()
+    if major not in (8, 9):
+        pytest.skip(f"no *-tvm target for sm_{major}x")
+    return "h100-tvm" if major == 9 else "a100-tvm"
+
+
+@pytest.mark.parametrize("pipeline,tol", [("default", 1e-4), ("canonicalize,fold-bn,dce,to-dtype{dtype=fp16}", 5e-3)])
+def test_tvm_artifact_matches_eager_on_the_gpu(tvm, nvcc, small_net, tmp_path, pipeline, tol):
+    x = torch.randn(2, 3, 32, 32)
+    res = sparsec.compile(small_net, (x,), target=_target(), pipeline=pipeline, output=str(tmp_path / "g.sparsec"))
+    model = sparsec.load(res.artifact)
+    eager = res.module.gm.cuda()
+    with torch.no_grad():
+        for _ in range(2):
+            xc = torch.randn(2, 3, 32, 32, device="cuda")
+            y = model(xc)
+            assert y.is_cuda and y.shape == (2, 10)
+            assert rel_err(y, eager(xc)) < tol
