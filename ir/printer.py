@@ -44,10 +44,13 @@ def print_module(mod, *, params: bool = True) -> str:
             lines.append(f"    @{n.target}: {_type(n)}{_meta(n)}")
         lines.append("  }")
     for n in g.nodes:
-        if n.op in ("placeholder", "get_attr") or (is_valueless(n) and n.op != "output"):
-            continue
+        if n.op in ("placeholder", "get_attr") or n.op == "call_module" and is_valueless(n):
+            continue  # export's guard module is plumbing, not computation
         if n.op == "output":
             lines.append(f"  return {_value(n.args[0])}")
+            continue
+        if is_valueless(n):  # an op run for its effect (e.g. aten._assert_tensor_metadata)
+            lines.append(f"  {_call(n)}{_meta(n)}")
             continue
         lines.append(f"  %{n.name}: {_type(n)} = {_call(n)}{_meta(n)}")
     lines.append("}")

@@ -9,6 +9,8 @@ same ATen IR and every pass sees one form.
 
 from __future__ import annotations
 
+import copy
+
 import logging
 from typing import Any, Sequence
 
@@ -31,6 +33,9 @@ def trace(
     dynamic_batch: bool = False,
 ) -> Module:
     """Trace ``model`` on ``example_inputs`` into an ``ir.Module``.
+
+    The module owns copies of the model's parameters and buffers: passes that
+    change weights never touch ``model`` itself.
 
     Example:
         >>> mod = sparsec.trace(torchvision.models.resnet18().eval(), torch.randn(1, 3, 224, 224))
@@ -63,7 +68,9 @@ def trace(
         ep = torch.export.export(target, example_inputs, dynamic_shapes=dynamic_shapes)
     except Exception as exc:
         raise _trace_error(exc, "torch.export") from exc
-    gm = ep.module()
+    # ep.module() shares its parameters and buffers with ``model``; passes edit weights in
+    # place (BN folding, 2:4 masks, fine-tuning), and the caller's model must never change.
+    gm = copy.deepcopy(ep.module())
     return Module(gm, example_inputs, name=name, dynamic_shapes=dynamic_shapes)
 
 

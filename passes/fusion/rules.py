@@ -91,7 +91,8 @@ def shape_text(node: Any) -> str:
 
 
 def users_text(node: fx.Node) -> str:
-    return ", ".join(u.name for u in node.users)
+    """The users in graph order (``node.users`` keeps insertion order, which copies change)."""
+    return ", ".join(u.name for u in node.graph.nodes if u in node.users)
 
 
 # -- activations ----------------------------------------------------------------------------

@@ -158,10 +158,15 @@ def default_db(arch: str) -> TuningDB | None:
     local = Path(knobs.get("cache_dir")) / "tuning" / f"{arch}.json"
     if local.is_file():
         return TuningDB.load(local)
-    ref = resources.files("sparsec.backends").joinpath("cutlass", "tuned", f"{arch}.json")
+    ref = shipped_db(arch)
     if not ref.is_file():
         return None
     return TuningDB.parse(ref.read_text(), f"sparsec.backends.cutlass/tuned/{arch}.json")
+
+
+def shipped_db(arch: str):
+    """Where the CUTLASS backend's own DB for ``arch`` lives (an importlib.resources Traversable)."""
+    return resources.files("sparsec.backends").joinpath("cutlass", "tuned", f"{arch}.json")
 
 
 def default_db_names(arch: str) -> str:

@@ -112,3 +112,21 @@ def test_multiple_inputs_and_tuple_outputs() -> None:
     assert [p.name for p in mod.placeholders()] == ["a", "b"]
     s, p = mod(a, b)
     assert torch.equal(s, a + b) and torch.equal(p, a * b)
+
+
+def test_passes_never_modify_the_traced_model() -> None:
+    # fold-bn rewrites the conv weight; the user's model must keep its own.
+    from sparsec.passes import PassManager
+
+    from .nets import small_net
+
+    model = small_net().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mod = sparsec.trace(model, torch.randn(2, 3, 8, 8))
+    PassManager.parse("fold-bn,dce").run(mod)
+    with torch.no_grad():
+        for p in mod.gm.parameters():
+            p.mul_(0)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)

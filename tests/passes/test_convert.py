@@ -100,12 +100,10 @@ def test_to_dtype_without_io_casts(filecheck):
 
 
 def test_to_dtype_rewrites_explicit_casts_and_their_guards(filecheck):
-    # The core verifier rejects export's _assert_tensor_metadata (it has no value), so
-    # this test runs without per-pass verification; the rewrite itself is what is checked.
     torch.manual_seed(0)
     model = Masked().eval()
     mod = sparsec.trace(model, torch.randn(4, 6))
-    PassManager.parse("to-dtype{keep-io=false}").run(mod, PassContext(verify_each=False))
+    PassManager.parse("to-dtype{keep-io=false}").run(mod)  # verifies after the pass
     filecheck(print_module(mod), r"""
         CHECK-LABEL: module @masked(%x: f16[4,6])
         CHECK: [[Y:%[a-z_0-9]+]]: f16[4,6] = aten.linear(%x, @lin.weight, @lin.bias)

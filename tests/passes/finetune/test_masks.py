@@ -83,10 +83,14 @@ def test_maskset_violations_counts_revived_weights():
 
 
 def test_teacher_sharing_tensors_with_the_student_stays_frozen():
-    """sparsec.trace shares parameters with the traced module: distilling from that module must
-    distil from its original weights, not from the student as it trains."""
+    """A teacher whose parameters are the student's own tensors (say, a module rebuilt around the
+    traced graph's weights) must be distilled from as it was, not as the student trains."""
     net, mod = traced()
-    assert mod.gm.c1.weight.data_ptr() == net.c1.weight.data_ptr()  # the sharing this guards against
+    assert mod.gm.c1.weight.data_ptr() != net.c1.weight.data_ptr()  # sparsec.trace copies the weights
+    for name, p in mod.gm.named_parameters():  # now make the teacher share them
+        owner, _, leaf = name.rpartition(".")
+        setattr(net.get_submodule(owner), leaf, p)
+    assert mod.gm.c1.weight.data_ptr() == net.c1.weight.data_ptr()
     w0 = net.c1.weight.detach().clone()
     seen = []
     net.register_forward_pre_hook(lambda m, args: seen.append(m.c1.weight.detach().clone()))

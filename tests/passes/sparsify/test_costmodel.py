@@ -77,9 +77,17 @@ def test_the_pass_masks_what_the_db_picks(mlp, tmp_path):
     assert M.get(down, M.Dense24).reason == "measured: sparse 7us >= dense 5us at n=64: stays dense"
 
 
-def test_default_db_from_the_cache_dir(mlp, tmp_path):
-    """Without tuning-db=, the DB `sparsec tune` writes by default (<cache dir>/tuning/<arch>.json) is used."""
+def test_default_db_from_the_cache_dir(mlp, tmp_path, monkeypatch):
+    """Without tuning-db=, the DB `sparsec tune` writes by default (<cache dir>/tuning/<arch>.json) is
+    used; else the one the backend ships; else the pass says how to measure one."""
+    from sparsec.passes.sparsify import costmodel
+
     with knobs.scope(cache_dir=tmp_path):
+        if costmodel.shipped_db("sm_90a").is_file():
+            shipped = Sparsify24(target="h100-sparse").decide(mlp)
+            assert all("backends/cutlass/tuned/sm_90a.json" in x.reason or x.reason.startswith("measured")
+                       for x in shipped)
+        monkeypatch.setattr(costmodel, "shipped_db", lambda arch: tmp_path / "nothing-shipped" / f"{arch}.json")
         with pytest.raises(PassFailedError, match="no tuning DB for sm_90a") as info:
             Sparsify24(target="h100-sparse").decide(mlp)
         assert "fix:      measure one with `sparsec tune`" in str(info.value)
