@@ -1,0 +1,297 @@
+"""Lowering convs and linears to the CUTLASS GEMM ops, in NHWC.
+
+Every node :func:`plan` accepts becomes one ``sparsec::gemm24`` (its weight
+carries a valid 2:4 mark) or ``sparsec::gemm_dense`` call, with the bias,
+activation and residual add fused into the kernel's epilogue
+``act(acc + bias + residual)``. The GEMM convention is the backend's: the
+weight is the A operand, M = Cout, K = kh*kw*Cin, N = tokens; activations are
+NHWC so that ``x`` is row-major [N, K]:
+
+* 1x1 stride-1 conv: ``permute(x, NHWC)`` then the GEMM;
+* strided 1x1 conv: a strided slice of the NHWC view, then the GEMM;
+* kxk conv: an NHWC im2col (``pad``, ``unfold`` over H and W, taps before
+  channels, so K runs (kh, kw, Cin) -- the order the 2:4 groups were chosen
+  in), then the GEMM;
+* linear / ``fused_linear``: the GEMM on ``x [..., K]`` as is.
+
+The GEMM output [N, Ho, Wo, Cout] goes back to NCHW through a ``permute``
+(a channels-last view, no copy); back-to-back ``permute``s between two
+lowered convs cancel, so chains of convs stay NHWC. What the epilogue cannot
+take (``act`` *and* ``act2`` without a residual, an activation before the
+residual add, ``gelu_tanh``) runs after the kernel in PyTorch.
+
+Weights are packed offline (``runtime.pack_weight`` layout, on the CPU) and
+held as buffers of the graph module, so ``torch.export`` stores them in the
+program. Stem, depthwise, grouped, dilated and transposed convs stay in
+PyTorch (cuDNN); :func:`plan` says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import torch
+from torch import fx
+
+from sparsec.backends.target import Unsupported
+from sparsec.ir import meta as M
+from sparsec.ir import ops
+from sparsec.ir.verify import is_24_sparse
+
+log = logging.getLogger("sparsec.backends.cutlass")
+
+aten = torch.ops.aten
+
+# fused-op activation name -> kernel epilogue activation (gelu_tanh has no kernel epilogue)
+KERNEL_ACT = {"none": "identity", "relu": "relu", "relu6": "relu6", "silu": "silu", "gelu": "gelu",
+              "hardswish": "hardswish", "sigmoid": "sigmoid"}
+_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _fused():
+    from sparsec.passes.fusion import ops as F
+
+    return F
+
+
+def _val(n):
+    v = n.meta.get("val") if isinstance(n, fx.Node) else None
+    return v if isinstance(v, torch.Tensor) else None
+
+
+def _pair(v) -> tuple[int, int]:
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return (int(v[0]), int(v[-1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmPlan:
+    """How one node becomes a GEMM."""
+
+    kind: str  # "linear" | "conv1x1" | "conv1x1-strided" | "conv-im2col"
+    x: fx.Node
+    weight: fx.Node
+    bias: object
+    residual: object
+    act: str
+    act2: str
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+
+
+def plan(node: fx.Node) -> GemmPlan | Unsupported:
+    """How the lowering takes ``node``, or why it stays in PyTorch (dtype checks are the support table's)."""
+    F = _fused()
+    t = node.target
+    if node.op != "call_function":
+        return Unsupported(f"'{node.op}' nodes are not lowered")
+    if t in ops.LINEAR or t is F.fused_linear:
+        a = ops.args_of(node)
+        x = a.get("x", a.get("input"))
+        w = a["weight"]
+        if not isinstance(w, fx.Node) or w.op != "get_attr":
+            return Unsupported("the weight is computed, not a parameter: kernels take packed constant weights")
+        return GemmPlan("linear", x, w, a.get("bias"), a.get("residual"), a.get("act", "none"), a.get("act2", "none"))
+    if t is F.conv2d_pool:
+        return Unsupported("conv with a pooling epilogue: the CUTLASS kernels have no pooling epilogue; "
+                           "the fused op runs in PyTorch")
+    if t in ops.MATMUL:
+        return Unsupported(f"{ops.op_name(t)}: both operands are activations; the kernels take packed constant weights")
+    if not (t in ops.CONV or t is F.fused_conv2d):
+        return Unsupported(f"{ops.op_name(t)}: not a conv or linear")
+    if t in ops.CONV:
+        p = ops.conv_params(node)
+        if p["transposed"]:
+            return Unsupported("transposed conv: stays in PyTorch")
+        x, w, bias, res, act, act2 = p["input"], p["weight"], p["bias"], None, "none", "none"
+        stride, padding, dilation, groups = p["stride"], p["padding"], p["dilation"], int(p["groups"])
+    else:
+        a = ops.args_of(node)
+        x, w, bias, res, act, act2 = a["x"], a["weight"], a["bias"], a["residual"], a["act"], a["act2"]
+        stride, padding, dilation, groups = a["stride"], a["padding"], a["dilation"], int(a["groups"])
+    if not isinstance(w, fx.Node) or w.op != "get_attr":
+        return Unsupported("the weight is computed, not a parameter: kernels take packed constant weights")
+    wv = _val(w)
+    if wv is None or wv.dim() != 4:
+        return Unsupported("only 2-D convs are lowered")
+    if groups != 1:
+        cin = int(wv.shape[1]) * groups
+        what = "depthwise" if groups == cin else f"grouped (groups={groups})"
+        return Unsupported(f"{what} conv: no CUTLASS kernel for it in this version; stays dense in PyTorch (cuDNN)")
+    if isinstance(padding, str) or any(d != 1 for d in _pair(dilation)):
+        return Unsupported(f"dilation {list(_pair(dilation))} / padding {padding!r}: the NHWC im2col takes dilation 1 "
+                           "and explicit padding; stays in PyTorch (cuDNN)")
+    kh, kw = int(wv.shape[2]), int(wv.shape[3])
+    s, pd = _pair(stride), _pair(padding)
+    if (kh, kw) == (1, 1) and pd == (0, 0):
+        kind = "conv1x1" if s == (1, 1) else "conv1x1-strided"
+    else:
+        kind = "conv-im2col"
+    return GemmPlan(kind, x, w, bias, res, act, act2, s, pd)
+
+
+def gemm_weight(w: torch.Tensor) -> torch.Tensor:
+    """The weight as the A operand [M, K]: convs reordered (Cout, kh, kw, Cin)."""
+    return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1) if w.dim() == 4 else w
+
+
+def epilogue(p: GemmPlan) -> tuple[str, bool, list]:
+    """(kernel activation, kernel takes the residual, [post-ops run in PyTorch after the kernel])."""
+    post: list = []
+    act, act2 = p.act, p.act2
+    if p.residual is not None:
+        if act == "none" and act2 in KERNEL_ACT:
+            return KERNEL_ACT[act2], True, post
+        kact = KERNEL_ACT.get(act)
+        if kact is None:  # gelu_tanh before the add
+            return "identity", False, [("act", act), ("add", None), ("act", act2)]
+        return kact, False, [("add", None), ("act", act2)]
+    if act == "none":
+        act, act2 = act2, "none"
+    kact = KERNEL_ACT.get(act)
+    if kact is None:
+        return "identity", False, [("act", act), ("act", act2)]
+    return kact, False, [("act", act2)]
+
+
+@dataclasses.dataclass
+class Lowering:
+    """Rewrites the planned nodes of an ``ir.Module`` into kernel calls (see the module docstring).
+
+    ``arch``: the kernels' arch; ``choose(m, n, k, dtype, sparse, activation, residual)`` returns
+    the :class:`KernelConfig` of a layer; ``reference=True`` keeps float32/float64 weights in
+    their dtype (the CPU reference kernels then compute the graph exactly) and names fp16 configs.
+    """
+
+    arch: str
+    choose: object
+    reference: bool = False
+    records: list = dataclasses.field(default_factory=list)
+
+    def run(self, mod, nodes) -> list[dict]:
+        from sparsec.backends.cutlass import reference as R  # the CPU kernels, and the packers
+
+        g = mod.graph
+        for node in list(nodes):
+            p = plan(node)
+            if not isinstance(p, GemmPlan):
+                continue
+            self._lower(mod, g, node, p, R)
+        _cancel_permutes(g)
+        g.eliminate_dead_code()
+        used = {n.target for n in g.nodes if n.op == "get_attr"}
+        for name in {r["weight"] for r in self.records} - used:  # the unpacked weights are not shipped twice
+            mod.delete_param(name)
+        mod.recompile()
+        return self.records
+
+    # -- one node ---------------------------------------------------------------------------
+    def _lower(self, mod, g: fx.Graph, node: fx.Node, p: GemmPlan, R) -> None:
+        w = mod.get_param(p.weight.target).detach()
+        out = _val(node)  # (lowered producers have no meta yet: read this node's own)
+        dtype = _DTYPE.get(out.dtype)
+        if dtype is None and not self.reference:
+            raise TypeError(f"{node.name}: the kernels take fp16/bf16, got {out.dtype}")
+        w2 = gemm_weight(w)
+        m, k = int(w2.shape[0]), int(w2.shape[1])
+        n = _tokens(out, conv=p.kind != "linear")
+        mark = M.get(p.weight, M.Sparsity24)
+        sparse = mark is not None and k % 4 == 0 and is_24_sparse(w2, 1)
+        kact, fuse_res, post = epilogue(p)
+        cfg = self.choose(m, n, k, dtype or "fp16", sparse, kact, fuse_res)
+        base = mod.fresh_param_name("cutlass_" + p.weight.target.replace(".", "_"))
+        with g.inserting_before(node):
+            if sparse:
+                values, meta = R.pack_any(w2, cfg)
+                args = (self._buffer(mod, g, base + "_values", values), self._buffer(mod, g, base + "_meta", meta))
+                target = torch.ops.sparsec.gemm24.default
+            else:
+                args = (self._buffer(mod, g, base + "_dense", R.pad_any(w2, cfg)),)
+                target = torch.ops.sparsec.gemm_dense.default
+            xin = self._input(g, p)
+            res = p.residual if fuse_res else None
+            if res is not None and p.kind != "linear":
+                res = g.call_function(aten.permute.default, (res, [0, 2, 3, 1]))
+            y = g.call_function(target, (xin, *args, p.bias, res, None, cfg.name, m))
+            M.put(y, M.BackendAssignment("cutlass"))
+            if p.kind != "linear":
+                y = g.call_function(aten.permute.default, (y, [0, 3, 1, 2]))
+            for op, arg in post:
+                if op == "add":
+                    y = g.call_function(aten.add.Tensor, (y, p.residual))
+                elif arg != "none":
+                    y = _act_node(g, arg, y)
+        node.replace_all_uses_with(y)
+        g.erase_node(node)
+        self.records.append({"node": node.name, "weight": p.weight.target, "kind": p.kind,
+                             "m": m, "n": n, "k": k, "sparse": sparse, "config": cfg.name,
+                             "epilogue_in_pytorch": [a if o == "act" else o for o, a in post if a != "none"]})
+
+    @staticmethod
+    def _buffer(mod, g: fx.Graph, name: str, value: torch.Tensor) -> fx.Node:
+        mod.gm.register_buffer(name, value.contiguous())
+        return g.get_attr(name)
+
+    @staticmethod
+    def _input(g: fx.Graph, p: GemmPlan) -> fx.Node:
+        if p.kind == "linear":
+            return p.x
+        x = g.call_function(aten.permute.default, (p.x, [0, 2, 3, 1]))  # NHWC view
+        if p.kind == "conv1x1":
+            return x
+        sh, sw = p.stride
+        if p.kind == "conv1x1-strided":
+            x = g.call_function(aten.slice.Tensor, (x, 1, 0, None, sh))
+            return g.call_function(aten.slice.Tensor, (x, 2, 0, None, sw))
+        ph, pw = p.padding
+        wv = _val(p.weight)
+        kh, kw = int(wv.shape[2]), int(wv.shape[3])
+        if ph or pw:
+            x = g.call_function(aten.constant_pad_nd.default, (x, [0, 0, pw, pw, ph, ph], 0.0))
+        x = g.call_function(aten.unfold.default, (x, 1, kh, sh))  # [N, Ho, Wp, C, kh]
+        x = g.call_function(aten.unfold.default, (x, 2, kw, sw))  # [N, Ho, Wo, C, kh, kw]
+        x = g.call_function(aten.permute.default, (x, [0, 1, 2, 4, 5, 3]))  # taps before channels
+        return g.call_function(aten.flatten.using_ints, (x, 3, 5))  # [N, Ho, Wo, kh*kw*C] (a copy)
+
+
+def _tokens(out: torch.Tensor, *, conv: bool) -> int:
+    dims = [d for i, d in enumerate(out.shape) if i != (1 if conv else out.dim() - 1)]
+    return int(math.prod(int(d) if isinstance(d, int) else int(getattr(d, "node", d).hint or 1) for d in dims))
+
+
+def _act_node(g: fx.Graph, name: str, y: fx.Node) -> fx.Node:
+    if name == "relu6":
+        return g.call_function(aten.hardtanh.default, (y, 0.0, 6.0))
+    if name in ("gelu", "gelu_tanh"):
+        return g.call_function(aten.gelu.default, (y,), {"approximate": "tanh" if name == "gelu_tanh" else "none"})
+    return g.call_function({"relu": aten.relu.default, "silu": aten.silu.default, "hardswish": aten.hardswish.default,
+                            "sigmoid": aten.sigmoid.default}[name], (y,))
+
+
+def _cancel_permutes(g: fx.Graph) -> None:
+    """permute(permute(t, NCHW), NHWC) -> t: lowered convs that feed each other stay NHWC."""
+    for n in list(g.nodes):
+        if n.op == "call_function" and n.target is aten.permute.default and list(n.args[1]) == [0, 2, 3, 1]:
+            src = n.args[0]
+            if (isinstance(src, fx.Node) and src.op == "call_function" and src.target is aten.permute.default
+                    and list(src.args[1]) == [0, 3, 1, 2]):
+                n.replace_all_uses_with(src.args[0])
+                g.erase_node(n)
+
+
+def lower_reference(mod, arch: str = "sm_90a") -> list[dict]:
+    """Reference mode: lower every node :func:`plan` takes, keeping the graph's dtype (fp32/fp64 too).
+
+    The configs are named as for fp16 (from the shipped tuning DB); on the CPU the reference
+    kernels (:mod:`.reference`) run them, so the result must equal the un-lowered module.
+    """
+    from sparsec.backends.cutlass import tuning
+
+    db = tuning.load_db(arch=arch)
+
+    def choose(m, n, k, dtype, sparse, activation, residual):
+        return tuning.choose(m, n, k, dtype, sparse, arch=arch, activation=activation, residual=residual, db=db)
+
+    return Lowering(arch, choose, reference=True).run(mod, [n for n in mod.graph.nodes if isinstance(plan(n), GemmPlan)])
