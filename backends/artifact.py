@@ -16,6 +16,13 @@ deleted.
 
 Loading checks the format version, every file's sha256 and the content hash,
 and that the target can run here, before it unpickles anything.
+
+A backend whose compiled form is more than the program (``tvm``: an exported
+library and its weights) returns a :class:`Lowered` from ``lower``: its files
+are copied in beside (or, with ``store_program=False``, instead of)
+``program.pt2``, and ``manifest["payload"]`` records the backend, the files
+and the backend's own section. Such an artifact is loaded by the backend's
+``load_artifact(path, manifest)`` hook, after the same hash and target checks.
 """
 
 from __future__ import annotations
@@ -45,6 +52,23 @@ PROGRAM = "program.pt2"
 SUFFIX = ".sparsec"
 
 
+@dataclasses.dataclass(frozen=True)
+class Lowered:
+    """What a backend's ``lower`` returns when the artifact holds more than the program.
+
+    ``files``: artifact file name -> the built file to copy in; ``section``:
+    JSON-able backend data for ``manifest["payload"]``; ``workdir``: an object
+    that keeps the built files alive (a ``TemporaryDirectory``).
+    """
+
+    module: Any  # the transformed ir.Module (the manifest's node stats come from it)
+    backend: str
+    files: dict
+    section: dict
+    store_program: bool = True
+    workdir: Any = None
+
+
 # -- writing ---------------------------------------------------------------------------
 
 
@@ -66,6 +90,8 @@ def write_artifact(
         >>> write_artifact("resnet18.sparsec", mod, target=CPU, pipeline="canonicalize,fold-bn,dce")
     """
     dest = Path(out_dir)
+    lowered = mod if isinstance(mod, Lowered) else None
+    mod = lowered.module if lowered is not None else mod
     if dest.exists() and not force:
         raise ArtifactError(
             f"output '{dest}' already exists", where=str(dest),
@@ -84,9 +110,16 @@ def write_artifact(
             fix="choose an output path in a directory you can write to",
         ) from exc
     try:
-        program = tmp / PROGRAM
-        torch.export.save(mod.export(), str(program))
-        manifest = build_manifest(mod, target=target, pipeline=pipeline, records=records, files=[program])
+        files = []
+        if lowered is None or lowered.store_program:
+            files.append(tmp / PROGRAM)
+            torch.export.save(mod.export(), str(files[-1]))
+        for name, src in sorted((lowered.files if lowered is not None else {}).items()):
+            files.append(tmp / name)
+            shutil.copyfile(src, files[-1])
+        manifest = build_manifest(mod, target=target, pipeline=pipeline, records=records, files=files)
+        if lowered is not None:
+            manifest["payload"] = {"backend": lowered.backend, "files": sorted(lowered.files), **lowered.section}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _move_into_place(tmp, dest, force=force)
     except BaseException as exc:
@@ -257,7 +290,12 @@ def load_artifact(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     path = Path(path)
     manifest = read_manifest(path)
     verify_files(path, manifest)
-    check_target(manifest, path)
+    backend = check_target(manifest, path)
+    if manifest.get("payload") is not None and backend is not None:
+        return backend.load_artifact(path, manifest), manifest
+    from sparsec._builtins import load_op_libraries
+
+    load_op_libraries()  # the program may call sparsec:: ops (fused ops, kernels)
     try:
         ep = torch.export.load(str(path / PROGRAM))
     except Exception as exc:
@@ -306,8 +344,13 @@ def verify_files(path: Path, manifest: dict) -> None:
     """Every listed file exists and matches its sha256; the content hash matches."""
     recompile = "the artifact was modified or corrupted; compile the model again"
     files = manifest.get("files")
-    if not isinstance(files, dict) or PROGRAM not in files:
+    payload = manifest.get("payload")
+    required = payload.get("files") if isinstance(payload, dict) else [PROGRAM]
+    if not isinstance(files, dict) or not isinstance(required, list) or not required:
         raise ArtifactError(f"the manifest of '{path}' lists no {PROGRAM}", where=str(path / MANIFEST), fix=recompile)
+    for name in required:
+        if name not in files:
+            raise ArtifactError(f"the manifest of '{path}' lists no {name}", where=str(path / MANIFEST), fix=recompile)
     for name, digest in sorted(files.items()):
         f = path / name
         if Path(name).name != name:
@@ -328,8 +371,8 @@ def verify_files(path: Path, manifest: dict) -> None:
         )
 
 
-def check_target(manifest: dict, path: Path) -> None:
-    """Can this machine run the artifact's target?
+def check_target(manifest: dict, path: Path):
+    """Can this machine run the artifact's target? Returns its backend (None for ``eager``).
 
     The ``eager`` backend (target ``cpu``) runs anywhere. Other backends are
     asked through an optional ``check_loadable(target_summary)`` hook, where a
@@ -339,7 +382,7 @@ def check_target(manifest: dict, path: Path) -> None:
     summary = manifest.get("target") or {}
     backend_name = summary.get("backend")
     if backend_name == "eager":
-        return
+        return None
     from sparsec.registry import registry
     from sparsec.errors import RegistryError
 
@@ -355,3 +398,4 @@ def check_target(manifest: dict, path: Path) -> None:
     hook = getattr(backend, "check_loadable", None)
     if hook is not None:
         hook(summary)
+    return backend

@@ -1,27 +1,31 @@
 """The built-in targets: ``cpu`` (the reference) and the NVIDIA GPU targets.
 
 ``cpu`` runs on the ``eager`` backend: the transformed graph, re-exported and
-run by PyTorch. The GPU targets name the ``cutlass`` backend, which is not in
-this version; compiling for them fails with a TargetError that says so.
+run by PyTorch. The GPU targets run on the ``cutlass`` backend
+(``backends/cutlass/backend.py``): sparsec's own CUTLASS kernels for the convs
+and linears, PyTorch for the rest.
 
-The sparse shape limits are those of the CUTLASS 2:4 kernels PyTorch itself
-ships (``torch.sparse.SparseSemiStructuredTensorCUTLASS._DTYPE_SHAPE_CONSTRAINTS``):
-for fp16 and bf16 the sparse operand (the weight, N x K: output channels by
-reduction size, K = Cin*kh*kw for a conv) must have N a multiple of 32 and
-K a multiple of 64. The sm80 ``mma.sp`` instruction for 16-bit types is
-m16n8k32, and CUTLASS's threadblock tiles and the 2:4 metadata layout
-(reordered in 32-row blocks) add the rest. sm90 CUTLASS 2:4 kernels accept
-the same shapes, so both GPUs share the limits. Pruned channel widths round
-to 32 on sparse targets (the N multiple) and to 16 on dense GPU targets
-(tensor-core friendly widths for 16-bit GEMMs).
+The 2:4 eligibility rule (this is the one place it is written down): the
+sparse kernels pad, never refuse. The packed weight is padded at pack time
+(rows to 8 on sm_90a / 32 on sm_80, K to 16 / 64: ``packing.pad_shape``) and
+activations are padded per call only when K is not already aligned
+(``runtime``). So the limits are only the 16-bit operands' alignment --
+rows of 16 bytes, K and Cout multiples of 8 for fp16/bf16, which also keeps
+the 2:4 groups of 4 inside whole rows -- plus the smallest useful sizes: K of
+at least one sparse MMA step (32 for 16-bit types: sm_80 ``mma.sp`` m16n8k32,
+sm_90 ``HGMMA.SP`` k32) and Cout of at least one MMA's 16 rows. Whether a
+layer that passes pays (padding, tile waste, memory-bound shapes) is the
+measured cost model's business (``sparsify-2-4{cost-model=measured}``
+reading the tuning DB), not a limit. Pruned channel widths round to 32 on
+sparse targets and to 16 on dense GPU targets (tile-friendly widths).
 """
 
 from __future__ import annotations
 
 from sparsec.backends.target import SparseLimits, Target
 
-# CUTLASS 2:4 GEMM, 16-bit types: N % 32 == 0, K % 64 == 0 (see the module docstring).
-_CUTLASS_24_16BIT = SparseLimits(k_multiple=64, n_multiple=32, min_k=64, min_n=64)
+# sparsec's CUTLASS 2:4 GEMMs, 16-bit types: 16-byte alignment (8 elements), one sparse MMA step (see above).
+_CUTLASS_24_16BIT = SparseLimits(k_multiple=8, n_multiple=8, min_k=32, min_n=16)
 _GPU_DTYPES = ("fp16", "bf16")
 
 CPU = Target(
@@ -71,4 +75,33 @@ H100_SPARSE = Target(
     round_to=32,
 )
 
-ALL = (CPU, A100, A100_SPARSE, H100, H100_SPARSE)
+# The tvm backend (backends/tvm): TVM-generated code for the whole graph. 2:4 weights run as masked
+# dense there until sparsec's CUTLASS kernels are called from the Relax graph, so no sparse limits.
+CPU_TVM = Target(
+    name="cpu-tvm",
+    backend="tvm",
+    description="TVM Relax built with llvm for this CPU (x86-64); runs with the TVM runtime alone",
+    arch=None,
+    dtypes=("fp32",),
+    round_to=8,
+)
+
+A100_TVM = Target(
+    name="a100-tvm",
+    backend="tvm",
+    description="NVIDIA A100 (sm_80), TVM Relax with dlight CUDA schedules, fatbin built without a GPU",
+    arch="sm_80",
+    dtypes=("fp16", "fp32"),
+    round_to=16,
+)
+
+H100_TVM = Target(
+    name="h100-tvm",
+    backend="tvm",
+    description="NVIDIA H100 (sm_90a), TVM Relax with dlight CUDA schedules, fatbin built without a GPU",
+    arch="sm_90a",
+    dtypes=("fp16", "fp32"),
+    round_to=16,
+)
+
+ALL = (CPU, A100, A100_SPARSE, H100, H100_SPARSE, CPU_TVM, A100_TVM, H100_TVM)

@@ -19,7 +19,9 @@ from typing import Any
 
 from sparsec.errors import SparsecError, UsageError
 
-COLUMNS = ("name", "op", "shape", "dtype", "params", "flops", "meta", "support")
+COLUMNS = ("name", "op", "shape", "dtype", "params", "flops", "meta", "support", "sparsity")
+# --show values that pick another view instead of table columns: view -> its module (lazy)
+VIEWS = {"groups": "sparsec.cli.groups_view"}
 DEFAULT_COLUMNS = ("name", "op", "shape", "dtype", "params", "flops", "meta")
 RENDERED = {".svg", ".png", ".pdf"}  # -o suffixes graphviz renders; anything else gets the DOT text
 JSON_VERSION = 1
@@ -44,6 +46,7 @@ class NodeRow:
     param_meta: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # (param, its metadata)
     supported: bool | None = None  # None: no --target, or not an op
     reason: str = ""
+    sparsity: Any = None  # the sparsify-2-4 Decision of a conv/linear, when asked for
 
     @property
     def flops(self) -> int:
@@ -59,6 +62,7 @@ class Report:
     outputs: tuple[str, ...]  # names of the returned nodes
     total_params: int
     total_macs: int
+    declared: bool = False  # the support column comes from a declared table, not a built backend
 
     @property
     def total_flops(self) -> int:
@@ -68,9 +72,13 @@ class Report:
 # -- options ----------------------------------------------------------------------
 
 
-def parse_show(text: str | None, *, with_target: bool) -> tuple[str, ...]:
+def parse_show(text: str | None, *, with_target: bool, sparse_target: bool = False,
+               sparsify: bool = False) -> tuple[str, ...]:
+    """The table columns. A target adds ``support``; a target with 2:4 kernels,
+    or ``--sparsify OPTIONS``, adds ``sparsity`` (the decision of sparsify-2-4)."""
     if text is None:
-        return DEFAULT_COLUMNS + (("support",) if with_target else ())
+        return (DEFAULT_COLUMNS + (("support",) if with_target else ())
+                + (("sparsity",) if sparse_target or sparsify else ()))
     cols = tuple(c.strip() for c in text.split(",") if c.strip())
     if not cols:
         raise UsageError("--show names no columns", fix=f"choose from: {','.join(COLUMNS)}")
@@ -83,21 +91,34 @@ def parse_show(text: str | None, *, with_target: bool) -> tuple[str, ...]:
             )
     if "support" in cols and not with_target:
         raise UsageError("the support column needs a target", fix="add --target NAME (see `sparsec targets`)")
+    if "sparsity" in cols and not (with_target or sparsify):
+        raise UsageError("the sparsity column needs a target or --sparsify OPTIONS",
+                         fix="add --target a100-sparse/h100-sparse, or e.g. --sparsify cost-model=shape,min-k=64")
     return cols
 
 
-def backend_for(target_name: str):
-    """The backend instance of a target: RegistryError for an unknown name,
-    TargetError if its backend is not available (the same checks as compile)."""
-    from sparsec.api import resolve_backend, resolve_target
+def sparsity_decisions(mod, target: str | None, options: str | None) -> dict[str, Any]:
+    """node name -> the Decision sparsify-2-4 (with ``options``, e.g. ``cost-model=shape``) would make."""
+    from sparsec.api import resolve_target
+    from sparsec.passes.pipeline import parse_pipeline
 
-    return resolve_backend(resolve_target(target_name))
+    (p,) = parse_pipeline("sparsify-2-4" + (f"{{{options}}}" if options else ""))
+    return {d.node: d for d in p.decide(mod, resolve_target(target) if target else None)}
+
+
+def backend_for(target_name: str):
+    """The support checker of a target: its backend, or the declared support table of a
+    backend not built yet (``declared`` is then True; see backends/support.py).
+    RegistryError for an unknown name, TargetError if there is neither."""
+    from sparsec.backends.support import checker_for_target
+
+    return checker_for_target(target_name)
 
 
 # -- the report ---------------------------------------------------------------------
 
 
-def build(mod, *, backend=None, target: str | None = None) -> Report:
+def build(mod, *, backend=None, target: str | None = None, sparsity: dict | None = None) -> Report:
     from sparsec.ir import meta as M
     from sparsec.ir import ops
     from sparsec.ir.analysis import Cost
@@ -138,11 +159,12 @@ def build(mod, *, backend=None, target: str | None = None) -> Report:
             inputs=tuple(a.name for a in n.all_input_nodes if a.op != "get_attr" and not is_valueless(a)),
             params=c.params, macs=c.macs,
             meta=tuple((k, str(v)) for k, v in M.items(n)), param_meta=param_meta,
-            supported=supported, reason=reason,
+            supported=supported, reason=reason, sparsity=(sparsity or {}).get(n.name),
         ))
     return Report(
         module=mod.name, target=target, backend=getattr(backend, "name", None) if backend is not None else None,
         rows=tuple(rows), outputs=returned, total_params=cost.total_params, total_macs=cost.total_macs,
+        declared=bool(getattr(backend, "declared", False)),
     )
 
 
@@ -199,6 +221,8 @@ def make_table(report: Report, columns: tuple[str, ...]):
     from rich.text import Text
 
     title = f"module @{report.module}" + (f"  (target {report.target}, backend {report.backend})" if report.target else "")
+    if report.declared:
+        title += f"\nsupport declared by {report.backend}'s support table: the backend is not built yet"
     table = Table(title=title, title_justify="left", header_style="bold")
     right = {"params", "flops"}
     for c in columns:
@@ -213,6 +237,7 @@ def make_table(report: Report, columns: tuple[str, ...]):
             "flops": _si(row.flops),
             "meta": Text(_meta_text(row), style="magenta"),
             "support": _support_cell(row),
+            "sparsity": _sparsity_cell(row),
         }
         table.add_row(*(cells[c] for c in columns))
     table.add_section()
@@ -225,6 +250,7 @@ def make_table(report: Report, columns: tuple[str, ...]):
         "flops": Text(f"{report.total_flops / 1e9:.4f} GFLOPs", style="bold"),
         "meta": "",
         "support": Text(_support_total(report), style="bold") if report.target else "",
+        "sparsity": Text(_sparsity_total(report), style="bold"),
     }
     table.add_row(*(totals[c] for c in columns))
     return table
@@ -236,6 +262,28 @@ def _support_cell(row: NodeRow):
     if row.supported is None:
         return ""
     return Text(row.reason, style="green" if row.supported else "red")
+
+
+def _sparsity_cell(row: NodeRow):
+    from rich.text import Text
+
+    d = row.sparsity
+    if d is None:
+        return ""
+    return Text(str(d), style="green" if d.sparse else "yellow")
+
+
+def _sparsity_total(report: Report) -> str:
+    ds = [r.sparsity for r in report.rows if r.sparsity is not None]
+    return f"{sum(d.sparse for d in ds)}/{len(ds)} sparse" if ds else ""
+
+
+def _sparsity_json(d) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    g = d.gemm
+    return {"sparse": d.sparse, "reason": d.reason, "layer": d.layer,
+            "gemm": None if g is None else {"m": g.m, "k": g.k, "n": g.n, "dtype": g.dtype}}
 
 
 def _support_total(report: Report) -> str:
@@ -275,6 +323,7 @@ def to_dict(report: Report) -> dict[str, Any]:
             "meta": dict(r.meta),
             "param_meta": {p: dict(items) for p, items in r.param_meta},
             "support": None if r.supported is None else {"supported": r.supported, "reason": r.reason},
+            "sparsity": _sparsity_json(r.sparsity),
         })
     supported = [r for r in report.rows if r.supported is not None]
     return {
@@ -282,6 +331,7 @@ def to_dict(report: Report) -> dict[str, Any]:
         "module": report.module,
         "target": report.target,
         "backend": report.backend,
+        "backend_declared": report.declared,
         "nodes": nodes,
         "outputs": list(report.outputs),
         "totals": {
@@ -325,6 +375,8 @@ def to_dot(report: Report) -> str:
         if r.flops:
             label.append(f"flops {_si(r.flops)}")
         label += [f"{k}={v}" for k, v in r.meta]
+        if r.sparsity is not None:
+            label.append(("2:4 sparse" if r.sparsity.sparse else "dense") + f": {r.sparsity.reason}")
         attrs = [f"label={_q(chr(10).join(label))}"]
         if r.kind == "input":
             attrs += ["shape=oval", 'fillcolor="lightgrey"']
@@ -368,3 +420,26 @@ def render_graphviz(dot_text: str, output: Path) -> None:
             )
 
     write_atomic(output, run)
+
+
+# -- other views (--show groups) ----------------------------------------------------------------
+
+
+def view_name(show: str | None) -> str | None:
+    """The view ``--show`` names (``--show groups``), or None for table columns."""
+    return show.strip() if show is not None and show.strip() in VIEWS else None
+
+
+def render_view(view: str, mod, fmt: str) -> str:
+    """The text of a view (table/text/json/dot) of ``mod``."""
+    import importlib
+
+    m = importlib.import_module(VIEWS[view])
+    report, analysis = m.build(mod)
+    if fmt == "table":
+        return m.table_text(report)
+    if fmt == "text":
+        return m.to_text(report)
+    if fmt == "json":
+        return m.to_json(report)
+    return m.to_dot(analysis)

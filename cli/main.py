@@ -3,7 +3,8 @@
     sparsec compile SPEC -o out.sparsec --target cpu --input-shape 1,3,224,224
     sparsec run out.sparsec --input x.pt
     sparsec opt SPEC --pipeline canonicalize,fold-bn --print-ir-after-all
-    sparsec inspect SPEC --format table|text|json|dot [--target NAME]
+    sparsec inspect SPEC --format table|text|json|dot [--target NAME] [--show groups]
+    sparsec profile --target h100 --model SPEC -o lut.json
     sparsec passes [NAME]
     sparsec targets
 
@@ -194,7 +195,8 @@ def _options(*decorators: Callable) -> Callable:
 
 load_options = _options(
     click.option("--input-shape", metavar="N,C,H,W", help="Shape of the example input, e.g. 1,3,224,224."),
-    click.option("--dtype", default="fp32", show_default=True, help="Data type of the model and its input."),
+    click.option("--dtype", default=None, metavar="fp32|fp16|bf16",
+                 help="Data type of the model and its input [default: a .pt2's own, else fp32]."),
     click.option("--trust-pickle", is_flag=True, help="Allow loading a pickled nn.Module (runs its code)."),
     click.option("--arch", metavar="zoo:torchvision/NAME", help="Architecture for a bare state_dict file."),
     click.option(
@@ -361,9 +363,13 @@ def _echo_ir(text: str) -> None:
               help="Where to write the artifact (a directory), e.g. out/resnet18.sparsec.")
 @click.option("-p", "--pipeline", default=None, help="Pass pipeline text; default: the target backend's pipeline.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--build-kernels", is_flag=True,
+              help="GPU targets: build the CUTLASS kernels now (needs nvcc and the CUTLASS headers; slow on a small "
+                   "CPU). Default: build them on the GPU host at first load, from the kernel cache.")
 @load_options
 @instrument_options
-def compile_cmd(spec: str, target: str, output: Path, pipeline: str | None, force: bool, **flags: Any) -> None:
+def compile_cmd(spec: str, target: str, output: Path, pipeline: str | None, force: bool, build_kernels: bool = False,
+                **flags: Any) -> None:
     """Compile a model into an artifact for `sparsec run` and sparsec.load().
 
     Example:
@@ -378,6 +384,10 @@ def compile_cmd(spec: str, target: str, output: Path, pipeline: str | None, forc
     if pipeline is not None:
         PassManager.parse(pipeline)
     check_output_path(output, force=force, what="artifact", directory=True)
+    if build_kernels:
+        from sparsec import knobs
+
+        knobs.set_override("cutlass_build", "compile")
     pctx = inst.context()
     t0 = time.perf_counter()
     mod = load.load(spec)
@@ -483,12 +493,20 @@ def opt_cmd(spec: str, pipeline: str, output: Path | None, **flags: Any) -> None
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "text", "json", "dot"]), default="table",
               show_default=True, help="table: one row per node; text: the canonical IR; json; dot: a graph.")
 @click.option("--show", metavar="COLUMNS", default=None,
-              help="Table columns, comma-separated, from: name,op,shape,dtype,params,flops,meta,support.")
+              help="Table columns, comma-separated, from: name,op,shape,dtype,params,flops,meta,support,sparsity; "
+                   "or 'groups': the pruning analysis's channel groups (members, units, prunable or why not).")
 @click.option("-t", "--target", default=None, help="Add a support column: can the target's backend take each node, and why not.")
+@click.option("--sparsify", metavar="OPTIONS", default=None,
+              help="Add a sparsity column: what sparsify-2-4 with these options (e.g. 'cost-model=shape,min-k=64') "
+                   "would decide per conv/linear; a target with 2:4 kernels adds it with the pass's defaults.")
+@click.option("-p", "--pipeline", default=None, metavar="PIPELINE",
+              help="Run this pipeline first and show the graph it leaves, e.g. 'fusion': fused nodes, "
+                   "declined fusions with their reasons (meta column), partitions.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write to FILE instead of stdout; with --format dot, a .svg/.png/.pdf is rendered by graphviz.")
 @load_options
-def inspect_cmd(spec: str, fmt: str, show: str | None, target: str | None, output: Path | None, **flags: Any) -> None:
+def inspect_cmd(spec: str, fmt: str, show: str | None, target: str | None, sparsify: str | None,
+                pipeline: str | None, output: Path | None, **flags: Any) -> None:
     """Show a model's graph node by node: shapes, params, FLOPs, backend support.
 
     Example:
@@ -497,12 +515,37 @@ def inspect_cmd(spec: str, fmt: str, show: str | None, target: str | None, outpu
     load = LoadFlags.pop(flags)
     from sparsec.cli import inspect_view
 
-    columns = inspect_view.parse_show(show, with_target=target is not None)
-    backend = inspect_view.backend_for(target) if target else None
+    view = inspect_view.view_name(show)
+    if view is not None:  # --show groups: another report, in the same formats
+        if target is not None:
+            raise UsageError(f"--target does not apply to --show {view}", fix="drop --target")
+        if output is not None:
+            check_output_path(output, force=True)
+        text = inspect_view.render_view(view, load.load(spec), fmt)
+        if fmt == "dot" and output is not None and output.suffix.lower() in inspect_view.RENDERED:
+            inspect_view.render_graphviz(text, output)
+        elif output is not None:
+            write_atomic(output, lambda tmp: tmp.write_text(text))
+        else:
+            _echo_ir(text)
+        if output is not None:
+            _note(f"wrote {output}")
+        return
+    from sparsec.api import resolve_target
+
+    tgt = resolve_target(target) if target else None  # an unknown name fails here, before loading
+    columns = inspect_view.parse_show(show, with_target=tgt is not None, sparse_target=bool(tgt and tgt.is_sparse),
+                                      sparsify=sparsify is not None)
+    backend = inspect_view.backend_for(target) if target and "support" in columns else None
     if output is not None:
         check_output_path(output, force=True)
     mod = load.load(spec)
-    report = inspect_view.build(mod, backend=backend, target=target)
+    if pipeline:  # the graph as the pipeline leaves it: fused ops, sparsec.declined reasons, partitions
+        from sparsec.passes.manager import PassContext, PassManager
+
+        PassManager.parse(pipeline).run(mod, PassContext(target=tgt))
+    decisions = inspect_view.sparsity_decisions(mod, target, sparsify) if "sparsity" in columns else None
+    report = inspect_view.build(mod, backend=backend, target=target, sparsity=decisions)
     if fmt == "table":
         if output is None:
             inspect_view.print_table(report, columns, console())
@@ -531,6 +574,51 @@ def inspect_cmd(spec: str, fmt: str, show: str | None, target: str | None, outpu
         _note(f"wrote {output}")
 
 
+# -- profile ------------------------------------------------------------------------------
+
+
+@cli.command("profile")
+@click.option("-t", "--target", required=True, help="Target whose round_to sets the width grid (see `sparsec targets`).")
+@click.option("-m", "--model", "spec", required=True, metavar="SPEC", help="The model to profile (its layer shapes).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the latency table (JSON).")
+@click.option("--batches", default="1,256", show_default=True, help="Batch sizes to time, comma-separated.")
+@click.option("--points", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Widths timed per prunable dim of each layer.")
+@load_options
+def profile_cmd(target: str, spec: str, output: Path, batches: str, points: int, **flags: Any) -> None:
+    """Measure a per-layer latency table on this machine's GPU, for prune-channels{objective=latency}.
+
+    Times each distinct conv/linear layer shape of the model at a grid of
+    input/output widths (multiples of the target's round_to), fp16
+    channels-last, with CUDA events (medians after warm-up).
+
+    Example:
+      sparsec profile --target h100 --model zoo:torchvision/resnet50 --input-shape 1,3,224,224 -o lut.json
+    """
+    load = LoadFlags.pop(flags)
+    from sparsec import api
+    from sparsec.passes.prune import latency
+
+    tgt = api.resolve_target(target)
+    try:
+        sizes = tuple(int(b) for b in batches.split(","))
+        if not sizes or min(sizes) < 1:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"bad --batches '{batches}'", expected="positive integers, comma-separated, e.g. 1,256") from None
+    latency.require_cuda()  # before the trace: fail fast
+    check_output_path(output, force=True)
+    mod = load.load(spec)
+    with _status(f"profiling {mod.name}"):
+        lut = latency.profile(mod, tgt, batches=sizes, points=points,
+                              progress=lambda i, n, key: logging.getLogger("sparsec").info("profiled %d/%d %s", i, n, key))
+    text = lut.to_json()
+    write_atomic(output, lambda tmp: tmp.write_text(text))
+    _note(f"wrote {output}: {len(lut.tables)} layer shapes of {mod.name} (fingerprint {lut.fingerprint}) "
+          f"on {lut.info.get('device')}")
+
+
 # -- passes, targets -----------------------------------------------------------------------
 
 
@@ -556,6 +644,19 @@ def targets_cmd() -> None:
     from sparsec.cli import listing
 
     listing.print_targets(console())
+
+
+from sparsec.cli.tune import tune_cmd  # noqa: E402  (click only; torch loads inside the command)
+
+cli.add_command(tune_cmd)
+
+
+# -- finetune, eval (cli/finetune_cmd.py, which uses the helpers above) ----------------------
+
+from sparsec.cli.finetune_cmd import make_commands  # noqa: E402
+
+for _command in make_commands(load_options, LoadFlags, _note):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -148,6 +148,18 @@ def _macs(n: fx.Node, hints) -> int:
         a = ops.args_of(n)
         x, w = _shape(a["input"]), _shape(a["weight"])
         return _numel(x, hints) * w[1] * math.prod(w[2:]) if x and w else 0
+    name = ops.op_name(n.target)
+    if name in ("sparsec.fused_conv2d", "sparsec.conv2d_pool"):  # the fused ops of passes/fusion/ops.py
+        a = ops.args_of(n)
+        x, w = _shape(a["x"]), _shape(a["weight"])
+        if x is None or w is None:
+            return 0
+        conv_hw = [(_dim(x[2 + i], hints) + 2 * a["padding"][i] - a["dilation"][i] * (w[2 + i] - 1) - 1)
+                   // a["stride"][i] + 1 for i in range(2)]  # the conv's output size, before any pooling
+        return _dim(x[0], hints) * w[0] * conv_hw[0] * conv_hw[1] * w[1] * w[2] * w[3]
+    if name == "sparsec.fused_linear":
+        w = _shape(ops.args_of(n)["weight"])
+        return _numel(out, hints) * w[1] if out and w else 0
     if n.target in ops.LINEAR:
         w = _shape(ops.args_of(n)["weight"])
         return _numel(out, hints) * w[1] if out and w else 0

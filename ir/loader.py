@@ -83,7 +83,7 @@ def load_model(
     spec: str,
     *,
     input_shape: tuple[int, ...] | None = None,
-    dtype: str = "fp32",
+    dtype: str | None = None,
     trust_pickle: bool = False,
     arch: str | None = None,
     tracer: str = "export",
@@ -94,7 +94,8 @@ def load_model(
     ``input_shape`` sets one input's shape (else the zoo's default, the file's
     ``example_inputs()``, or the ``.pt2`` program's own input shapes);
     ``dtype`` (fp32/fp16/bf16) is the dtype of the example inputs, and the
-    model is cast to it before tracing; ``dynamic_batch`` exports dim 0 of
+    model is cast to it before tracing; None keeps a ``.pt2`` program's own
+    dtype and means fp32 for everything else; ``dynamic_batch`` exports dim 0 of
     every input as symbolic. A ``.pt2`` whose every input already has a
     symbolic dim 0 keeps it dynamic.
 
@@ -105,14 +106,16 @@ def load_model(
 
     if tracer not in TRACERS:
         raise UsageError(f"unknown tracer '{tracer}'", fix=f"use one of: {', '.join(TRACERS)}")
-    torch_dtype = parse_dtype(dtype)
+    torch_dtype = parse_dtype(dtype) if dtype is not None else None
     if input_shape is not None:
         input_shape = _check_shape(input_shape)
     got = _resolve(spec, arch=arch, trust_pickle=trust_pickle, dtype=torch_dtype)
     if input_shape is not None:
         if got.program is not None:
             got.program.check_shape(input_shape)
-        inputs: tuple = (torch.randn(*input_shape, dtype=torch_dtype),)
+        like = got.inputs[0] if got.inputs and got.inputs[0].is_floating_point() else None
+        in_dtype = torch_dtype or (like.dtype if like is not None else torch.float32)
+        inputs: tuple = (torch.randn(*input_shape, dtype=in_dtype),)
     elif got.inputs is not None:
         inputs = got.inputs
     else:
@@ -124,8 +127,9 @@ def load_model(
     model = got.model
     if got.program is None:  # an exported program's module is already in eval form (and refuses .eval())
         model = model.eval()
-    model = model.to(torch_dtype)
-    inputs = tuple(x.to(torch_dtype) if x.is_floating_point() else x for x in inputs)
+    if torch_dtype is not None:
+        model = model.to(torch_dtype)
+        inputs = tuple(x.to(torch_dtype) if x.is_floating_point() else x for x in inputs)
     log.info("tracing %s on inputs %s", got.name, [tuple(x.shape) for x in inputs])
     if got.program is not None:
         if tracer != "export":
@@ -204,7 +208,7 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
     return dims
 
 
-def _resolve(spec: str, *, arch: str | None, trust_pickle: bool, dtype: torch.dtype) -> _Loaded:
+def _resolve(spec: str, *, arch: str | None, trust_pickle: bool, dtype: torch.dtype | None) -> _Loaded:
     if not isinstance(spec, str) or not spec.strip():
         raise UsageError("empty model spec", fix="give a file, file.py:factory or zoo:torchvision/NAME")
     if spec.startswith(ZOO_PREFIX):
@@ -331,7 +335,7 @@ def _from_factory(path: Path, fn: str) -> tuple[torch.nn.Module, tuple | None]:
 # -- files ---------------------------------------------------------------------------------
 
 
-def _from_file(path: Path, *, arch: str | None, trust_pickle: bool, dtype: torch.dtype):
+def _from_file(path: Path, *, arch: str | None, trust_pickle: bool, dtype: torch.dtype | None):
     from sparsec.backends import artifact
 
     if path.is_dir() and artifact.is_artifact(path):
@@ -399,7 +403,10 @@ def sniff(path: Path) -> tuple[str, str]:
     return "unknown", f"unrecognised content (first bytes {head!r})"
 
 
-def _from_pt2(path: Path, dtype: torch.dtype) -> _Loaded:
+def _from_pt2(path: Path, dtype: torch.dtype | None) -> _Loaded:
+    from sparsec._builtins import load_op_libraries
+
+    load_op_libraries()  # a transformed program may call sparsec:: ops
     try:
         ep = torch.export.load(str(path))
     except Exception as exc:
@@ -453,9 +460,9 @@ def _concrete(d: Any, ep) -> int:
     return max(_range(d, ep)[0], 2)
 
 
-def _random(shape: list[int], program_dtype: torch.dtype, dtype: torch.dtype) -> torch.Tensor:
+def _random(shape: list[int], program_dtype: torch.dtype, dtype: torch.dtype | None) -> torch.Tensor:
     if program_dtype.is_floating_point:
-        return torch.randn(*shape, dtype=dtype)
+        return torch.randn(*shape, dtype=dtype or program_dtype)
     if program_dtype == torch.bool:
         return torch.rand(*shape) > 0.5
     return torch.randint(0, 2, shape, dtype=program_dtype)

@@ -58,13 +58,42 @@ def items(node: fx.Node) -> list[tuple[str, Any]]:
 
 @metadata
 class Sparsity24:
-    """The weight of this get_attr node is 2:4 sparse along ``dim``."""
+    """The weight of this get_attr node is 2:4 sparse along ``dim``.
+
+    ``dim`` is the input-channel dim (1 for conv and linear weights); a conv
+    weight's groups of 4 run along Cin inside each (kh, kw) tap, i.e. along
+    the last dim of the weight viewed as (Cout, kh, kw, Cin). ``retained``:
+    the fraction of the weight's L1 magnitude the mask kept; ``gain``: how
+    much of that the channel permutation added (None: no permutation ran);
+    ``reason``: why the layer went sparse (the cost model's verdict).
+    """
 
     key: ClassVar[str] = "sparsec.sparsity"
     dim: int = 1
+    retained: float | None = None
+    gain: float | None = None
+    reason: str = ""
 
     def __str__(self) -> str:
-        return f"2:4(dim={self.dim})"
+        parts = [f"dim={self.dim}"]
+        if self.retained is not None:
+            parts.append(f"retained={self.retained:.4f}")
+        if self.gain is not None:
+            parts.append(f"gain={self.gain:+.4f}")
+        if self.reason:
+            parts.append('"' + self.reason.replace('"', "'") + '"')
+        return f"2:4({', '.join(parts)})"
+
+
+@metadata
+class Dense24:
+    """This conv/linear node was considered for 2:4 sparsity and stays dense: ``reason`` says why."""
+
+    key: ClassVar[str] = "sparsec.dense24"
+    reason: str
+
+    def __str__(self) -> str:
+        return 'dense("' + self.reason.replace('"', "'") + '")'
 
 
 @metadata

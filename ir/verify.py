@@ -113,12 +113,19 @@ def _check_channels(mod, node: fx.Node) -> None:
 
 
 def _check_24(mod, node: fx.Node, sp: M.Sparsity24) -> None:
+    """The weight is 2:4 along ``sp.dim``, and that dim is what its layers reduce over.
+
+    A conv weight (Cout, Cin, kh, kw) is checked as (Cout, kh, kw, Cin): each
+    group of 4 is 4 consecutive input channels of one output channel at one
+    (kh, kw) tap, exactly as an NHWC implicit GEMM reads K = kh*kw*Cin.
+    """
     if node.op != "get_attr":
         raise VerificationError("2:4 metadata on a node that is not a weight", where=node_location(node))
     w = mod.get_param(node.target)
     if not is_24_sparse(w, sp.dim):
         try:
-            actual = f"{count_24_violations(w, sp.dim)} groups with more"
+            count = count_24_violations(w, sp.dim)
+            actual = f"{count} groups with more than 2 non-zeros; the first is {first_24_violation(w, sp.dim)}"
         except (ValueError, IndexError) as exc:  # the dim cannot be split into groups of 4
             actual = f"{exc} (weight shape {tuple(w.shape)})"
         raise VerificationError(
@@ -127,9 +134,21 @@ def _check_24(mod, node: fx.Node, sp: M.Sparsity24) -> None:
             actual=actual,
             fix="re-run sparsify-2-4, or re-apply the masks after training",
         )
+    for user in node.users:
+        if user.target in ops.CONV or user.target in ops.LINEAR:
+            a = ops.args_of(user)
+            if a["weight"] is node and sp.dim != 1:
+                raise VerificationError(
+                    "a weight marked 2:4 is grouped along a dim its layer does not reduce over",
+                    where=node_location(node),
+                    expected=f"dim 1 (the input channels that {ops.op_name(user.target)} '{user.name}' reduces over)",
+                    actual=f"dim {sp.dim}",
+                    fix="mark the weight with Sparsity24(dim=1); sparsify-2-4 does",
+                )
 
 
 def _groups_of_4(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """(groups, 4): the weight with ``dim`` moved last (a conv weight becomes (Cout, kh, kw, Cin)), cut in 4s."""
     w = w.detach().movedim(dim, -1)
     if w.shape[-1] % 4:
         raise ValueError(f"dim {dim} of size {w.shape[-1]} is not a multiple of 4")
@@ -140,6 +159,26 @@ def count_24_violations(w: torch.Tensor, dim: int = 1) -> int:
     return int(((_groups_of_4(w, dim) != 0).sum(-1) > 2).sum())
 
 
+def first_24_violation(w: torch.Tensor, dim: int = 1) -> str | None:
+    """Where the first group with more than 2 non-zeros is, as an index into the weight, or None."""
+    groups = _groups_of_4(w, dim)
+    bad = ((groups != 0).sum(-1) > 2).nonzero()
+    if len(bad) == 0:
+        return None
+    moved = w.movedim(dim, -1).shape  # (Cout, kh, kw, Cin) for a conv weight
+    flat = int(bad[0]) * 4
+    index = []
+    for size in reversed(moved):
+        index.append(flat % size)
+        flat //= size
+    index.reverse()
+    start = index[-1]
+    index = [str(i) for i in index[:-1]]
+    index.insert(dim, f"{start}:{start + 4}")
+    nz = int((groups[int(bad[0])] != 0).sum())
+    return f"weight[{', '.join(index)}] with {nz} non-zeros"
+
+
 def is_24_sparse(w: torch.Tensor, dim: int = 1) -> bool:
     try:
         return count_24_violations(w, dim) == 0
@@ -148,10 +187,9 @@ def is_24_sparse(w: torch.Tensor, dim: int = 1) -> bool:
 
 
 def _check_backend(node: fx.Node, be: M.BackendAssignment) -> None:
-    from sparsec.registry import registry
+    from sparsec.backends.support import checker_for_backend  # the backend, or its declared support table
 
-    backend = registry().get("backend", be.backend)()
-    verdict = backend.support(node)
+    verdict = checker_for_backend(be.backend).support(node)
     if not verdict:
         raise VerificationError(
             f"node assigned to backend '{be.backend}', which does not support it",

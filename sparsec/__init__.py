@@ -6,6 +6,8 @@ The public API:
 - ``sparsec.compile(model_or_module, example_inputs, target="cpu", pipeline=None, output=None)``
 - ``sparsec.load(path)`` -> a callable ``nn.Module``
 - ``Pass``, ``PassResult``, ``PassManager``, ``PassContext``, ``function_pass``, ``register_pass``
+- ``finetune(model_or_module, train_data, val_data, teacher=..., config=FinetuneConfig(...))``,
+  ``evaluate(model, data)``: accuracy recovery (:mod:`sparsec.passes.finetune`)
 
 Heavy modules (torch, the backends) load on first use, so ``import sparsec``
 and ``sparsec --help`` stay fast.
@@ -31,6 +33,9 @@ _LAZY = {
     "compile": "sparsec.api:compile",
     "load": "sparsec.api:load",
     "load_model": "sparsec.api:load_model",
+    "finetune": "sparsec.passes.finetune.loop:finetune",
+    "evaluate": "sparsec.passes.finetune.loop:evaluate",
+    "FinetuneConfig": "sparsec.passes.finetune.config:FinetuneConfig",
 }
 
 __all__ = ["SparsecError", "__version__", "register_pass", "registry", *_LAZY]

@@ -134,14 +134,15 @@ def compile(  # noqa: A001 - the public name is sparsec.compile
     log.info("compiling %s for %s with pipeline '%s'", mod.name, tgt.name, pm)
     records = tuple(pm.run(mod, ctx))
     lowered = backend.lower(mod, tgt)
+    from sparsec.backends.artifact import Lowered, write_artifact
+
+    module = lowered.module if isinstance(lowered, Lowered) else lowered  # Lowered: module + backend files
     artifact = None
     if output is not None:
-        from sparsec.backends.artifact import write_artifact
-
-        if not isinstance(lowered, Module):
+        if not isinstance(module, Module):
             raise TargetError(f"backend '{backend.name}' lowered to {type(lowered).__name__}, which the artifact writer cannot store")
         artifact = write_artifact(output, lowered, target=tgt, pipeline=str(pm), records=records, force=force)
-    return CompileResult(module=lowered, target=tgt, pipeline=str(pm), records=records, artifact=artifact)
+    return CompileResult(module=module, target=tgt, pipeline=str(pm), records=records, artifact=artifact)
 
 
 def _as_module(model, example_inputs):

@@ -139,3 +139,11 @@ def _in_torch(path: str) -> bool:
     torch = sys.modules.get("torch")
     root = os.path.dirname(getattr(torch, "__file__", None) or "") if torch else ""
     return bool(root) and os.path.abspath(path).startswith(root + os.sep)
+
+
+class BuildError(SparsecError):
+    """A kernel could not be built: nvcc or the CUTLASS headers missing, or a compile failed."""
+
+
+class KernelError(SparsecError):
+    """A compiled kernel refused a problem or failed at run time."""

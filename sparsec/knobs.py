@@ -36,6 +36,13 @@ KNOBS: dict[str, Knob] = {
     "cache_dir": Knob("SPARSEC_CACHE_DIR", Path, _default_cache, "where built kernels and tuning data are cached"),
     "debug": Knob("SPARSEC_DEBUG", _bool, lambda: False, "show full tracebacks on errors"),
     "log_level": Knob("SPARSEC_LOG_LEVEL", str.upper, lambda: "WARNING", "logging level of the sparsec logger"),
+    "cutlass_dir": Knob("SPARSEC_CUTLASS_DIR", Path, lambda: None, "CUTLASS source root (has include/ and tools/util/include/); default: the nvidia-cutlass wheel"),
+    "nvcc": Knob("SPARSEC_NVCC", str, lambda: None, "the nvcc to build kernels with; default: nvcc on PATH, then /usr/local/cuda/bin/nvcc"),
+    "build_jobs": Knob("SPARSEC_BUILD_JOBS", int, lambda: None, "parallel nvcc jobs; default: the CPU count"),
+    "tvm_runtime_dir": Knob("SPARSEC_TVM_RUNTIME_DIR", Path, lambda: None, "folder with libtvm_runtime.so (and libtvm_runtime_cuda.so) for running TVM artifacts without the tvm wheel"),
+    "cutlass_build": Knob("SPARSEC_CUTLASS_BUILD", str.lower, lambda: "load", "when the cutlass backend builds its kernels: 'load' (default: on the GPU host at first load, from the kernel cache) or 'compile' (at compile time; needs nvcc and the CUTLASS headers)"),
+    "cutlass_configs": Knob("SPARSEC_CUTLASS_CONFIGS", str.lower, lambda: "tuned", "kernel configs of lowered layers: 'tuned' (per layer, from the tuning DB) or 'compact' (two mainloops per dtype and sparsity: fewer kernels to build)"),
+    "cutlass_kxk": Knob("SPARSEC_CUTLASS_KXK", str.lower, lambda: "sparse", "which kxk convs the cutlass backend lowers through an NHWC im2col + GEMM: 'sparse' (default: only 2:4 ones; dense kxk convs stay cuDNN), 'all', or 'none' (every kxk conv stays cuDNN, 2:4-masked or not)"),
     "verify_each": Knob("SPARSEC_VERIFY_EACH", _bool, lambda: True, "run Module.verify() after every pass"),
 }
 

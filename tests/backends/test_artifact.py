@@ -243,7 +243,7 @@ def test_garbled_manifest(artifact):
 
 
 def test_target_backend_missing_here(artifact):
-    summary = registry().get("target", "h100-sparse").summary()
+    summary = dict(registry().get("target", "h100-sparse").summary(), backend="cuda-next")
     _edit_manifest(artifact, target=summary)
-    with pytest.raises(ArtifactError, match=r"compiled for target 'h100-sparse' on backend 'cutlass', which this version of sparsec does not have"):
+    with pytest.raises(ArtifactError, match=r"compiled for target 'h100-sparse' on backend 'cuda-next', which this version of sparsec does not have"):
         load_artifact(artifact)

@@ -154,7 +154,6 @@ def test_unwritable_output_directory(run, tiny, tmp_path):
         (["--pipeline", "fold-bn{"], 2, ["malformed pipeline text", "column 9"]),
         (["--pipeline", "to-dtype{dtype=fp8}"], 2, ["option 'dtype' of pass 'to-dtype' has a bad value"]),
         (["--target", "gpu"], 2, ["unknown target 'gpu'", "did you mean 'cpu'?"]),
-        (["--target", "h100-sparse"], 1, ["target 'h100-sparse' needs backend 'cutlass'", "not implemented"]),
         (["--input-shape", "1,3,a"], 2, ["bad input shape '1,3,a'"]),
         (["--disable-pass", "fold-b"], 2, ["unknown pass 'fold-b'", "--disable-pass fold-b"]),
         (["--print-ir-after", "dcee"], 2, ["unknown pass 'dcee'", "did you mean 'dce'?"]),
@@ -405,7 +404,8 @@ def test_inspect_json_totals_and_stable_keys(run, tiny):
     assert data["totals"]["params"] == TINY_PARAMS
     assert data["totals"]["macs"] == TINY_MACS and data["totals"]["flops"] == 2 * TINY_MACS
     assert sum(n["params"] for n in data["nodes"]) == TINY_PARAMS
-    keys = {"name", "kind", "op", "outputs", "inputs", "params", "macs", "flops", "meta", "param_meta", "support"}
+    keys = {"name", "kind", "op", "outputs", "inputs", "params", "macs", "flops", "meta", "param_meta", "support",
+            "sparsity"}
     assert all(set(n) == keys for n in data["nodes"])
     by_name = {n["name"]: n for n in data["nodes"]}
     assert by_name["x"]["kind"] == "input" and by_name["x"]["outputs"] == [{"shape": [2, 3, 8, 8], "dtype": "f32"}]
@@ -453,7 +453,6 @@ def test_inspect_show_columns(run, tiny):
         (["--show", ","], 2, "--show names no columns"),
         (["--show", "name,support"], 2, "the support column needs a target"),
         (["--target", "nope"], 2, "unknown target 'nope'"),
-        (["--target", "h100-sparse"], 1, "not implemented"),
         (["--format", "yaml"], 2, "Invalid value for '-f' / '--format'"),
     ],
 )
@@ -574,7 +573,7 @@ def test_targets_table(run):
     cpu = next(l for l in out.splitlines() if l.startswith("│ cpu "))
     assert "eager" in cpu and "yes" in cpu
     h100s = next(l for l in out.splitlines() if "h100-sparse" in l)
-    assert "sm_90a" in h100s and "no: backend 'cutlass' is not registered" in h100s and "k%64" in h100s
+    assert "sm_90a" in h100s and "cutlass" in h100s and "yes" in h100s and "k%8" in h100s
 
 
 # -- help and version ----------------------------------------------------------------------------------

@@ -170,6 +170,19 @@ def test_pt2_dtype_fp16(pt2):
     assert weights and all(w.dtype == torch.float16 for w in weights if w.is_floating_point())
 
 
+def test_pt2_keeps_its_own_dtype_by_default(tmp_path):
+    # A program saved in fp16 (e.g. after to-dtype) loads as fp16 unless --dtype says otherwise.
+    model, x = tiny().half(), torch.randn(2, 3, 8, 8).half()
+    path = tmp_path / "half.pt2"
+    torch.export.save(torch.export.export(model, (x,)), str(path))
+    for shape in (None, (2, 3, 8, 8)):
+        mod = load_model(str(path), input_shape=shape)
+        assert mod.example_inputs[0].dtype == torch.float16
+        x = torch.randn(mod.example_inputs[0].shape).half()
+        _close(mod.gm(x).float(), model(x).float(), rtol=1e-3)
+    assert load_model(str(path), dtype="fp32").example_inputs[0].dtype == torch.float32
+
+
 def test_bad_dtype(pt2):
     path, _ = pt2
     with pytest.raises(UsageError, match=r"unknown dtype 'fp13'"):

@@ -38,16 +38,17 @@ def test_structural_exclusions(mod):
 
 
 def test_target_limits(mod):
-    """h100-sparse fp16: K % 64, M % 32, K >= 64, M >= 64 (cost-model=shape: the limits alone)."""
+    """h100-sparse fp16: K % 8, M % 8, K >= 32, M >= 16 (cost-model=shape: the limits alone; the kernels pad)."""
     d = _by_layer(Sparsify24(cost_model="shape", target="h100-sparse").decide(mod))
-    assert d["conv"].reason == "K=144 is not a multiple of 64 (h100-sparse fp16)"
-    assert d["fc"].reason == "M=Cout=10 is not a multiple of 32 (h100-sparse fp16)"
-    assert d["pw"].reason == "K=32 is not a multiple of 64 (h100-sparse fp16)"
+    assert d["conv"].sparse and d["conv"].reason == ("shape: M=32 K=144 N=128 fp16 meets the h100-sparse fp16 limits "
+                                                     "(k%8, m%8, k>=32, m>=16); no timing consulted")
+    assert d["fc"].reason == "M=Cout=10 is not a multiple of 8 (h100-sparse fp16)"
+    assert d["pw"].sparse
     d = _by_layer(Sparsify24(cost_model="shape", target="h100-sparse", k_multiple=16, m_multiple=2, min_m=32).decide(mod))
     src = "h100-sparse fp16 with pass options"
     assert d["conv"].sparse and d["conv"].reason == (
-        f"shape: M=32 K=144 N=128 fp16 meets the {src} limits (k%16, m%2, k>=64, m>=32); no timing consulted")
-    assert d["pw"].reason == f"K=32 < min-k 64 ({src}): too small to gain"
+        f"shape: M=32 K=144 N=128 fp16 meets the {src} limits (k%16, m%2, k>=32, m>=32); no timing consulted")
+    assert d["pw"].sparse  # K=32: the target's min-k
     assert d["fc"].reason == f"M=Cout=10 < min-m 32 ({src}): too small to gain"
 
 

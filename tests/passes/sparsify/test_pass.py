@@ -128,17 +128,19 @@ def test_opt_errors(net_pt2, args, code, message):
     assert "Traceback" not in res.output
 
 
-def test_compile_for_h100_sparse_still_needs_its_backend(net_pt2, tmp_path):
-    res = _cli("compile", net_pt2[0], "--target", "h100-sparse", "-o", tmp_path / "x.sparsec",
-               "--pipeline", "sparse-24", code=1)
-    assert "target 'h100-sparse' needs backend 'cutlass'" in res.stderr  # no fake lowering
+def test_compile_for_h100_sparse_lowers_on_the_cutlass_backend(net_pt2, tmp_path):
+    out = tmp_path / "x.sparsec"
+    _cli("compile", net_pt2[0], "--target", "h100-sparse", "-o", out, "--pipeline",
+         "canonicalize,fold-bn,sparsify-2-4{cost-model=shape},fuse-epilogue,dce,to-dtype{dtype=fp16},partition")
+    layers = json.loads((out / "manifest.json").read_text())["payload"]["layers"]
+    assert any(r["sparse"] for r in layers)  # 2:4 layers became sparsec::gemm24 calls
 
 
 def test_inspect_sparsity_column(net_pt2, tmp_path):
     path, _ = net_pt2
     res = _cli("inspect", path, "--show", "name,op,sparsity", "--target", "h100-sparse", "--sparsify", "cost-model=shape")
-    assert "K=144 is not a multiple of 64 (h100-sparse fp16)" in res.stdout
-    assert "depthwise conv (groups=32)" in res.stdout and "0/6 sparse" in res.stdout
+    assert "M=Cout=10 is not a multiple of 8 (h100-sparse fp16)" in res.stdout
+    assert "depthwise conv (groups=32)" in res.stdout and "2/6 sparse" in res.stdout
     res = _cli("inspect", path, "--format", "json", "--show", "name,sparsity", "--sparsify", "cost-model=shape,min-k=100")
     nodes = {n["name"]: n for n in json.loads(res.stdout)["nodes"]}
     conv = next(n for n in nodes.values() if n["sparsity"] and n["sparsity"]["layer"] == "conv")
@@ -172,9 +174,11 @@ def test_inspect_with_a_tuning_db(net_pt2, tmp_path):
     (["--show", "name,sparsity", "--target", "h100-sparse"], 1, "no tuning DB for sm_90a"),
     (["--sparsify", "cost-model=nope"], 2, "option 'cost-model' of pass 'sparsify-2-4' has a bad value"),
 ])
-def test_inspect_errors(net_pt2, tmp_path, args, code, message):
+def test_inspect_errors(net_pt2, tmp_path, monkeypatch, args, code, message):
     from sparsec import knobs
+    from sparsec.passes.sparsify import costmodel
 
-    with knobs.scope(cache_dir=tmp_path):  # no tuning DB in the cache
+    monkeypatch.setattr(costmodel, "shipped_db", lambda arch: tmp_path / "nothing-shipped" / f"{arch}.json")
+    with knobs.scope(cache_dir=tmp_path):  # no tuning DB in the cache, none shipped
         res = _cli("inspect", net_pt2[0], *args, code=code)
     assert message in res.stderr
