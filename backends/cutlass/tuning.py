@@ -22,12 +22,12 @@ import datetime
 import json
 import logging
 import math
-import statistics
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
 from sparsec.backends.cutlass.config import KernelConfig, candidates
+from sparsec.backends.timing import time_graph  # the tuner and the GEMM benchmark time with it
 from sparsec.errors import UsageError
 
 log = logging.getLogger("sparsec.backends.cutlass")
@@ -111,37 +111,9 @@ def rel_err(y, ref) -> float:
     return (torch.linalg.vector_norm(y64 - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30)).item()
 
 
+
 def rotations(bytes_per_copy: int, cap: int = 16) -> int:
     return max(2, min(cap, math.ceil(2 * L2_BYTES / max(1, bytes_per_copy))))
-
-
-def time_graph(calls: list[Callable[[], object]], *, warmup: int = 5, iters: int = 20) -> float:
-    """Median µs per call of a CUDA graph that runs every call once (CUDA events)."""
-    import torch
-
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for fn in calls:
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for fn in calls:
-            fn()
-    for _ in range(warmup):
-        g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / len(calls))
-    del g
-    return statistics.median(times)
 
 
 @dataclasses.dataclass

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -393,30 +394,11 @@ def _time_layer(s: LayerSpec, cin: int, cout: int, batch: int, dtype, warmup: in
             return F.conv2d(xs[k], ws[k], bs[k], s.stride, s.padding, s.dilation, groups)
         return F.linear(xs[k], ws[k], bs[k])
 
-    with torch.no_grad():
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for k in range(nsets):
-                call(k)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for r in range(reps):
-                call(r % nsets)
-    for _ in range(warmup):
-        graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / reps)
-    del graph
-    return float(np.median(times))
+    from sparsec.backends.timing import time_graph
+
+    with torch.no_grad():  # µs per call over reps calls that cycle through the input sets
+        return time_graph([functools.partial(call, r % nsets) for r in range(reps)],
+                          warmup=warmup, iters=iters) / 1e3
 
 
 # -- the solver --------------------------------------------------------------------------------
