@@ -30,7 +30,8 @@ used ``--time-budget-s``: a skipped one is recorded as null, and the JSON's
     python benchmarks/pruning.py --models resnet50,mobilenet_v2,efficientnet_b0 --ratios 0.3,0.5,0.7 --budgets 0.5
 
 Writes benchmarks/results/pruning_<gpu>.json, a PNG beside it, and the latency
-tables as lut_<model>_<gpu>.json.
+tables as luts/lut_<model>_<gpu>.json under the output directory (they are
+inputs to the pruner, not results: the repo keeps them in benchmarks/luts/).
 """
 
 from __future__ import annotations
@@ -164,9 +165,10 @@ def main() -> None:
         t = elapsed()
         dense = trace(name)
         lut = profile(dense, target, batches=batches, points=args.points)
-        lut_path = out_dir / f"lut_{name}_{gpu}.json"
+        lut_path = out_dir / "luts" / f"lut_{name}_{gpu}.json"
+        lut_path.parent.mkdir(exist_ok=True)
         lut_path.write_text(lut.to_json())
-        luts[name] = lut_path.name
+        luts[name] = f"luts/{lut_path.name}"
         print(f"[{elapsed():6.1f}s] {name}: traced and profiled {len(lut.tables)} layer shapes "
               f"({elapsed() - t:.1f} s)", flush=True)
         specs = [(None, "dense", None)]

@@ -212,7 +212,8 @@ class LatencyLUT:
                 tables[k] = Table(tuple(int(w) for w in t["in_widths"]), tuple(int(w) for w in t["out_widths"]),
                                   bool(t["coupled"]), ms)
             layers = tuple((str(x["node"]), str(x["table"])) for x in d["layers"])
-            info = {k: d[k] for k in ("device", "capability", "versions", "date", "dtype", "layout", "method") if k in d}
+            info = {k: d[k] for k in ("device", "capability", "versions", "date", "command", "dtype", "layout", "method")
+                    if k in d}
             return cls(str(d["model"]["name"]), str(d["model"]["fingerprint"]), str(d["target"]), int(d["round_to"]),
                        batches, tables, layers, info, path)
         except (ValueError, KeyError, TypeError) as exc:
@@ -351,6 +352,7 @@ def profile(mod, target, *, batches: Sequence[int] = (1, 256), points: int = 5, 
         "versions": {"sparsec": _version(), "torch": torch.__version__, "cuda": torch.version.cuda,
                      "cudnn": torch.backends.cudnn.version(), "python": sys.version.split()[0]},
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": " ".join(sys.argv),
         "dtype": str(dtype).replace("torch.", ""), "layout": "channels_last",
         "method": (f"measured: each distinct layer shape at each (in, out) width of its grid, as a CUDA graph of "
                    f"R calls (R >= 8 for small layers; inputs and weights rotated over buffer sets totalling "
