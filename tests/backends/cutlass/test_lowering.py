@@ -157,20 +157,21 @@ def test_support_narrows_the_declared_table():
     assert any("multiples of 8" in t and t.startswith("no") for t in text.values())  # the 3-channel stem
 
 
-def test_compile_h100_sparse_on_cpu_writes_the_artifact(tmp_path):
+@pytest.mark.parametrize("target, arch", [("h100-sparse", "sm_90a"), ("a100-sparse", "sm_80")])
+def test_compile_sparse_target_on_cpu_writes_the_artifact(tmp_path, target, arch):
     torch.manual_seed(0)
     model = _randomise_bn(Net()).eval()
     x = torch.randn(2, 3, 8, 8)
     out = tmp_path / "net.sparsec"
     backend = sparsec.registry().get("backend", "cutlass")()
-    pipeline = backend.pipeline(sparsec.registry().get("target", "h100-sparse"))
+    pipeline = backend.pipeline(sparsec.registry().get("target", target))
     assert "sparsify-2-4," in pipeline and pipeline.endswith(",partition")
     # cost-model=shape: every eligible layer 2:4, so that the 3x3 convs take the im2col path
-    res = sparsec.compile(model, (x,), target="h100-sparse", output=out,
+    res = sparsec.compile(model, (x,), target=target, output=out,
                           pipeline=pipeline.replace("sparsify-2-4,", "sparsify-2-4{cost-model=shape},"))
     manifest = json.loads((out / "manifest.json").read_text())
     payload = manifest["payload"]
-    assert payload["backend"] == "cutlass" and payload["arch"] == "sm_90a" and payload["build"] == "load"
+    assert payload["backend"] == "cutlass" and payload["arch"] == arch and payload["build"] == "load"
     assert set(payload["files"]) == {"kernels.json", "tuning.json"}
     kernels = json.loads((out / "kernels.json").read_text())["kernels"]
     assert set(kernels) == set(payload["kernels"]) and kernels
@@ -183,7 +184,7 @@ def test_compile_h100_sparse_on_cpu_writes_the_artifact(tmp_path):
     assert _count(lowered, GEMM24) + _count(lowered, DENSE) == len(layers)
     masked = sparsec.trace(model, (x,))
     pm = PassManager.parse(res.pipeline.replace(",partition", ""))
-    list(pm.run(masked, PassContext(target=sparsec.registry().get("target", "h100-sparse"))))
+    list(pm.run(masked, PassContext(target=sparsec.registry().get("target", target))))
     xs = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
     assert _rel(masked(xs), lowered(xs)) < 1e-2
 
