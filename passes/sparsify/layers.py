@@ -11,8 +11,9 @@ Each conv or linear node is one candidate, named by its weight's module path
    3-channel stem conv dense;
 5. the shape limits (target's ``sparse[dtype]``, or the pass options) hold:
    K and M alignment, then the minimum sizes;
-6. the cost model says sparse: ``measured`` (the tuning DB), ``shape`` (the
-   limits alone) or ``off`` (every layer that passed 1-4).
+6. the cost model says sparse: ``measured`` (the tuning DB; a kxk conv stays
+   dense, since its 2:4 path adds an im2col that the DB's GEMM timings leave
+   out), ``shape`` (the limits alone) or ``off`` (every layer that passed 1-4).
 
 GEMM convention: M = Cout, K = kh*kw*Cin, N = tokens. The target's
 :class:`~sparsec.backends.target.SparseLimits` name the weight's rows (Cout)
@@ -173,5 +174,10 @@ def _decide(mod, node: fx.Node, s: Settings, hints: dict) -> Decision:
     if s.cost_model == "shape":
         within = f"meets the {lim.source} limits ({lim})" if lim is not None else "has no shape limits to meet"
         return verdict(True, f"shape: {gemm} {within}; no timing consulted", gemm)
+    if is_conv and gemm.k != cin:
+        # The tuning DB times GEMMs; a kxk conv's 2:4 path also pays an NHWC im2col, which no
+        # measurement covers (on ResNet-50 bs256, im2col + 2:4 lost to cuDNN: e2e_h100.json).
+        return verdict(False, f"kxk conv: its 2:4 path adds an im2col of K={gemm.k} that the tuning DB does "
+                              "not measure; stays dense (cost-model=shape marks it anyway)", gemm)
     v = C.measured(s.db, gemm)
     return verdict(v.sparse, v.reason, gemm)

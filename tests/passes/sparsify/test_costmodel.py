@@ -161,3 +161,18 @@ def test_sparse_24_pipeline_decides_for_the_compile_target(mlp, tmp_path):
     assert stats["sparse"] == 2 and stats["dense"] == 1
     marked = sorted(n.target for n in mod.nodes("get_attr") if M.get(n, M.Sparsity24))
     assert marked == ["down.weight", "up.weight"]
+
+
+def test_kxk_conv_stays_dense_under_the_measured_model(tmp_path):
+    # The DB says the 3x3 conv's GEMM (m=32, k=9*16) is faster sparse, and the 1x1 conv's too; only the
+    # 1x1 goes sparse, because the kxk path's im2col is not in any measurement.
+    from .nets import conv_net
+
+    mod = sparsec.trace(conv_net(), (torch.randn(2, 3, 8, 8),))  # N = 2*8*8 = 128 tokens
+    db = _write(tmp_path / "db.json", [_entry(32, 128, 144, dense=9.0, sparse=3.0),
+                                       _entry(64, 128, 32, dense=9.0, sparse=3.0)])
+    d = {x.layer: x for x in Sparsify24(target="h100-sparse", tuning_db=str(db)).decide(mod)}
+    assert not d["conv"].sparse and d["conv"].reason.startswith("kxk conv: its 2:4 path adds an im2col of K=144")
+    assert d["pw"].sparse and d["pw"].reason == "measured: sparse 3us < dense 9us at n=128"
+    shape = {x.layer: x for x in Sparsify24(target="h100-sparse", cost_model="shape").decide(mod)}
+    assert shape["conv"].sparse  # cost-model=shape still marks it
