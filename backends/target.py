@@ -91,6 +91,10 @@ class Backend:
     def supports(self, target: Target) -> bool:
         return target.backend == self.name
 
+    def missing(self) -> str | None:
+        """What this machine lacks to compile with this backend (shown by `sparsec targets`), or None."""
+        return None
+
     def support(self, node: fx.Node) -> Supported | Unsupported:
         raise NotImplementedError
 

@@ -123,10 +123,11 @@ def _own_doc(cls: Any) -> str:
 def _availability(backend: str, registered: set[str]) -> Text:
     if backend not in registered:
         return Text(f"no: backend '{backend}' is not registered", style="red")
-    _, problem = _load("backend", backend)
+    factory, problem = _load("backend", backend)
     if problem:
         return Text(f"no: backend '{backend}' failed to load ({problem})", style="red")
-    return Text("yes", style="green")
+    lacks = (factory() if isinstance(factory, type) else factory).missing()
+    return Text(f"no: {lacks}", style="red") if lacks else Text("yes", style="green")
 
 
 def print_targets(out: Console) -> None:

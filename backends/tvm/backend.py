@@ -39,6 +39,11 @@ class TvmBackend(Backend):
     name = "tvm"
     description = "TVM Relax: TVM-generated code (llvm on the CPU, dlight CUDA schedules on GPUs)"
 
+    def missing(self) -> str | None:
+        import importlib.util
+
+        return None if importlib.util.find_spec("tvm") else "apache-tvm is not installed: pip install 'sparsec[tvm]'"
+
     # -- what it takes ------------------------------------------------------------------------
     @functools.cached_property
     def _ops(self) -> frozenset[str] | None:

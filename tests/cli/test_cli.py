@@ -576,6 +576,16 @@ def test_targets_table(run):
     assert "sm_90a" in h100s and "cutlass" in h100s and "yes" in h100s and "k%8" in h100s
 
 
+def test_targets_table_says_what_a_backend_lacks(run, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tvm" else real(name, *a))
+    out = run("targets").stdout
+    line = next(l for l in out.splitlines() if l.startswith("│ cpu-tvm "))
+    assert "no: apache-tvm is not installed" in line
+
+
 # -- help and version ----------------------------------------------------------------------------------
 
 
