@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device call for the end-to-end work (issue 5): unpack the carried CUTLASS headers and kernel
-# cache, run the end-to-end GPU tests, then benchmarks/e2e.py.
+# cache, run the end-to-end GPU tests, then benchmarks/e2e.py (= sparsec bench).
 #   MODELS=resnet50 BATCHES=256,1 bash benchmarks/e2e_device_run.sh
 # Carry: .devcache/cutlass.tar.xz (headers of the nvidia-cutlass wheel), .devcache/kcache_e2e.tar.xz
 # (prebuilt kernels; kernels missing from it are built at first load, in parallel).

@@ -650,6 +650,10 @@ from sparsec.cli.tune import tune_cmd  # noqa: E402  (click only; torch loads in
 
 cli.add_command(tune_cmd)
 
+from sparsec.cli.bench_cmd import bench_cmd  # noqa: E402  (click only; torch loads inside the command)
+
+cli.add_command(bench_cmd)
+
 
 # -- finetune, eval (cli/finetune_cmd.py, which uses the helpers above) ----------------------
 
