@@ -1,6 +1,6 @@
 # sparsec developer entry points. GNU make; needs only python3 (>= 3.10) and pip.
 #
-#   make venv    create .venv and install sparsec (editable) + dev/zoo/cuda/tvm extras + the example plugin
+#   make venv    create .venv and install sparsec (editable) + dev/zoo/cuda/tvm/bench extras + the example plugin
 #   make test    run the CPU test suite (gpu-marked tests are deselected)
 #   make demo    export resnet18, compile it with the CLI, compare against eager
 #   make clean   remove build outputs and caches (keeps .venv); make distclean also removes .venv
@@ -22,9 +22,9 @@ venv: $(VENV)/.installed
 
 # One pip command, so the whole set resolves once. torch/torchvision come from
 # the machine's local wheels where pip is configured for them (find-links).
-$(VENV)/.installed: pyproject.toml examples/plugin/pyproject.toml
+$(VENV)/.installed: pyproject.toml examples/plugin/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev,zoo,cuda,tvm]' -e ./examples/plugin
+	$(BIN)/python -m pip install -e '.[dev,zoo,cuda,tvm,bench]' -e ./examples/plugin
 	touch $@
 
 test: venv
