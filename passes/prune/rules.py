@@ -489,17 +489,19 @@ def _resize_slice(node, new_shape, kept):
     node.kwargs = {}
 
 
+def _pass_all_but(g, x, nd: int, dim: int, out) -> None:
+    """Every dim of ``x`` but ``dim`` (which ``out`` lacks) is the same channel space in ``out``."""
+    for od, d in enumerate(d for d in range(nd) if d != dim):
+        g.same(x, d, out, od)
+
+
 @channel_rule(aten.select.int)
 def _select(node, g):
     x = node.args[0]
     nd = len(g.shape(x))
     dim = _nd(node.args[1], nd)
     g.block(x, dim, "select picks one index of this dim")
-    od = 0
-    for d in range(nd):
-        if d != dim:
-            g.same(x, d, node, od)
-            od += 1
+    _pass_all_but(g, x, nd, dim, node)
 
 
 @channel_rule(*_ops("unbind.int"))
@@ -511,13 +513,8 @@ def _unbind(node, g):
     g.block(x, dim, "unbind enumerates this dim")
     for k in range(len(node.meta["val"])):
         out = g.getitem(node, k)
-        if out is None:
-            continue
-        od = 0
-        for d in range(nd):
-            if d != dim:
-                g.same(x, d, out, od)
-                od += 1
+        if out is not None:
+            _pass_all_but(g, x, nd, dim, out)
 
 
 # -- views, permutes and reshapes -----------------------------------------------------
