@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 tv = pytest.importorskip("torchvision")
 
 import sparsec  # noqa: E402
+from sparsec.backends.bench import make_model as _model  # noqa: E402  (trained-like BN statistics)
 from sparsec.passes.manager import PassContext, PassManager  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -20,18 +21,6 @@ pytestmark = pytest.mark.gpu
 def _needs_sm90():
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("h100 artifacts need an sm_90 GPU")
-
-
-def _model(name):
-    torch.manual_seed(0)
-    m = getattr(tv.models, name)().eval()
-    for mod in m.modules():  # trained-like BN statistics, so that folding is not the identity
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.2, 0.2)
-    return m
 
 
 def _rel(y, ref):
