@@ -150,24 +150,33 @@ def _expected_input(model: Any) -> tuple | None:
     return None
 
 
-def check_shapes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, expected: tuple | None) -> None:
-    """Run one batch; a model/dataset shape mismatch raises a DatasetError naming both shapes."""
+def _check_input_shape(x: torch.Tensor, expected: tuple | None) -> None:
+    """A DatasetError naming both shapes when samples differ from the traced model's input."""
     if expected is not None and tuple(x.shape[1:]) != tuple(expected[1:]):
         raise DatasetError("the dataset's inputs do not fit the model",
                            expected=f"inputs shaped [N, {', '.join(str(s) for s in expected[1:])}] (the model's)",
                            actual=f"dataset samples shaped {list(x.shape[1:])}",
                            fix="resize the data (--image-size / --channels) or trace the model with a matching "
                                "--input-shape")
+
+
+def _unfit(x: torch.Tensor, expected: tuple | None, exc: Exception) -> DatasetError:
+    """The model raised on a dataset batch: a DatasetError naming the batch's shape and the model's."""
+    return DatasetError("the dataset's inputs do not fit the model",
+                        expected=f"an input the model accepts{f' ({list(expected)})' if expected else ''}",
+                        actual=f"dataset batch shaped {list(x.shape)}; the model said: "
+                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                        fix="resize the data (--image-size / --channels) or use a model made for this input")
+
+
+def check_shapes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, expected: tuple | None) -> None:
+    """Run one batch; a model/dataset shape mismatch raises a DatasetError naming both shapes."""
+    _check_input_shape(x, expected)
     try:
         with torch.no_grad():
             out = _logits(model(x))
     except Exception as exc:
-        raise DatasetError("the dataset's inputs do not fit the model",
-                           expected=f"an input the model accepts{f' ({list(expected)})' if expected else ''}",
-                           actual=f"dataset batch shaped {list(x.shape)}; the model said: "
-                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                           fix="resize the data (--image-size / --channels) or use a model made for this input"
-                           ) from exc
+        raise _unfit(x, expected, exc) from exc
     classes = out.shape[-1]
     if y.numel() and int(y.max()) >= classes:
         raise DatasetError("the dataset has more classes than the model outputs",
@@ -204,14 +213,24 @@ def evaluate(model: Any, data: Any, *, batch_size: int = 256, device: str | torc
     loader = as_batches(data, batch_size=fixed_batch or batch_size, shuffle=False, seed=0,
                         d=d if sharded else Dist(), drop_last=False, num_workers=num_workers)
     use_amp = amp and dev.type == "cuda"
+    expected = _expected_input(model)
     sums = [0.0, 0.0, 0.0, 0.0]  # loss*n, top1, top5, n
     for x, y in loader:
         n = x.shape[0]
         x, y = _prep(x, dev, channels_last), y.to(dev)
         if fixed_batch is not None and n < fixed_batch:
             x = torch.cat([x, x[-1:].expand(fixed_batch - n, *x.shape[1:])])
+        first = not sums[3]
+        if first:
+            _check_input_shape(x, expected)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = _logits(net(x))[:n].float()
+            try:
+                out = net(x)
+            except Exception as exc:
+                if not first:  # the first batch ran: not a shape mismatch of the dataset
+                    raise
+                raise _unfit(x, expected, exc) from exc
+            logits = _logits(out)[:n].float()
         sums[0] += float(F.cross_entropy(logits, y, reduction="sum"))
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         hit = top == y[:, None]

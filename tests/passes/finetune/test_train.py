@@ -147,6 +147,19 @@ def test_shape_mismatch_names_both_shapes():
         finetune(net, Batches(x, y, 16), None, config=FinetuneConfig(**CPU))
 
 
+def test_evaluate_shape_mismatch_names_both_shapes():
+    _, mod = traced(in_ch=3, size=12)
+    x, y = synthetic(32, in_ch=1, size=12)
+    with pytest.raises(DatasetError) as err:  # the traced input shape is known: checked before running
+        evaluate(mod, Batches(x, y, 16), device="cpu")
+    assert "[N, 3, 12, 12]" in str(err.value) and "[1, 12, 12]" in str(err.value)
+    with pytest.raises(DatasetError) as err:  # a plain nn.Module: the model's own error, with the batch's shape
+        evaluate(SmallCNN(3).eval(), Batches(x, y, 16), device="cpu")
+    msg = str(err.value)
+    assert "do not fit the model" in msg and "[16, 1, 12, 12]" in msg and "RuntimeError" in msg
+    assert isinstance(err.value.__cause__, RuntimeError)
+
+
 def test_agp_cubic_schedule():
     r = agp_ratios(0.5, 3)
     assert r[-1] == pytest.approx(0.5)
