@@ -888,6 +888,10 @@ def plot(summary: list[dict], path: Path, search: list[dict] | None = None) -> N
     axes[0].set_ylabel("top-1 % (Fashion-MNIST test, mean ± std over seeds)")
     axes[1].set_ylabel("GFLOPs per image (2:4 zeros not subtracted)")
     axes[2].set_ylabel("inference k img/s (bf16 eager, batch 256)")
+    if not any(r.get("throughput_img_s") for r in summary):  # runs sharing the GPU (--no-latency) time nothing
+        axes[2].text(0.5, 0.5, "not timed in these runs (concurrent, --no-latency):\ndeployment latency is in "
+                     "e2e_<gpu>.json (sparsec bench)", ha="center", va="center", transform=axes[2].transAxes,
+                     fontsize=8)
     for ax in axes[:3]:
         ax.set_xticks(range(len(models)), models)
         ax.legend(fontsize=6)
