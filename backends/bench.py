@@ -1,15 +1,16 @@
 """``sparsec bench``: eager, torch.compile and sparsec variants of a CNN, side by side on one GPU.
 
-    sparsec bench --models resnet50 --batches 1,256 --prune-ratio 0.3 --out-dir benchmarks/results
+    sparsec bench --models resnet50 --batches 1,32,256 --dtypes fp16,bf16 --inductor-modes default,max-autotune
     python benchmarks/e2e.py ...        (the same, with the same options)
 
-Variants (fp16, channels-last for the PyTorch ones), in one process:
+Variants (each in every ``--dtypes`` dtype; the PyTorch ones channels-last), in one process:
 
-* ``eager``: the torchvision model, ``.half()``, channels-last;
-* ``inductor-<mode>``: ``torch.compile(model, mode=--inductor-mode)`` of the same (``default`` unless
-  ``--inductor-mode max-autotune`` is given: max-autotune takes minutes per shape);
-* ``sparsec-dense``: ``sparsec.compile(target=h100)`` (fold-bn, fusion, CUTLASS dense GEMMs), loaded
-  and replayed as one CUDA graph;
+* ``eager``: the torchvision model, cast to the dtype, channels-last;
+* ``inductor``: ``torch.compile(model, mode=M, dynamic=False)`` of the same, one variant
+  ``inductor-<M>`` per ``--inductor-modes`` entry (max-autotune takes minutes per shape);
+* ``sparsec-dense``: ``sparsec.compile(target=h100)`` (fold-bn, fusion, CUTLASS dense GEMMs) with
+  ``to-dtype{dtype=D,keep-io=false}`` (so it takes the same fp16/bf16 input as the others), loaded and
+  replayed as one CUDA graph (:mod:`sparsec.backends.cuda_graph`);
 * ``sparsec-pruned``: the same after ``prune-channels{ratio=R}``;
 * ``sparsec-24``: ``h100-sparse`` (``sparsify-2-4`` with the measured cost model: 2:4 where the tuned
   sparse kernel beats the tuned dense one on that shape);
@@ -17,36 +18,60 @@ Variants (fp16, channels-last for the PyTorch ones), in one process:
   (default ``shape``: the tuning DB holds the unpruned shapes only, so ``measured`` would keep every
   pruned layer dense).
 
+Speedups are against ``--baseline`` (default: ``inductor-max-autotune`` when measured, else the first
+inductor variant, else ``eager``).
+
 Weights: torchvision's random init with randomised BN statistics (no pretrained weights offline), so
 that folding BN is not the identity and the logits are not degenerate.
 
 Method (the device tool's METHOD.md): per variant, ``--repeats`` rounds of ``--iters`` timed calls after
 warm-up, each timed by CUDA events; inputs (random, never zeros) rotate over enough copies to exceed L2;
 a CUDA-graph variant gets its input copied into the graph's static buffer before the start event.
-Latency median and p90 over all calls; throughput = batch / median; speedup vs inductor with a 95%
+Latency median and p90 over all calls; throughput = batch / median; speedup vs the baseline with a 95%
 t-interval over the per-round ratios and a paired t-test (scipy) over the per-round medians.
-Correctness: each variant's logits against its own eager reference (the model for eager/inductor, the
-pruned / masked fp16 graph before lowering for sparsec), relative error and top-1 agreement.
-Writes ``e2e_<gpu>.json`` (BENCHMARKS.md ``e2e`` records), prints a rich table, draws ``e2e_<gpu>.png``.
+Memory: ``peak_mem_mb`` is the running peak (weights, activations, CUDA-graph pool, workspaces: warm-up,
+capture and timed calls) above what was allocated before the variant (the shared inputs), with the
+reference model freed; ``peak_mem_setup_mb`` is the peak while compiling, loading and checking it
+(autotuning, cuDNN benchmarking and the reference model included).
+Correctness: each variant's logits against its own reference (the eager model for eager/inductor, the
+pruned / masked graph before lowering for sparsec), relative error and top-1 agreement.
+Writes ``e2e_<gpu>[_TAG].json`` (BENCHMARKS.md ``e2e`` records; rewritten after every variant, so a run
+cut short keeps what finished), prints a rich table, draws ``e2e_<gpu>[_TAG].png`` (throughput bars) and,
+where ``--accuracy`` holds results for a model, ``..._stages.png`` (accuracy, latency and throughput
+across the stages dense / pruned / pruned-ft / pruned-24-ft, as in the seed paper's figures 1-3).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime
+import functools
 import gc
+import itertools
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import torch
 
+from sparsec.errors import TargetError, UsageError
+
 L2_BYTES = 50 << 20
+VARIANTS = ("eager", "inductor", "sparsec-dense", "sparsec-24", "sparsec-pruned", "sparsec-pruned-24")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+INDUCTOR_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
+# accuracy stage (accuracy_<gpu>.json) -> the variant whose latency it runs at
+STAGE_VARIANT = {"dense": "sparsec-dense", "pruned": "sparsec-pruned", "pruned-ft": "sparsec-pruned",
+                 "pruned-24-ft": "sparsec-pruned-24"}
 
 
 def _gpu_short(name: str) -> str:
@@ -55,6 +80,75 @@ def _gpu_short(name: str) -> str:
             return key.lower()
     return name.split()[-1].lower()
 
+
+# ---------------------------------------------------------------- options
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one run measures, from the validated options."""
+
+    models: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    batches: tuple[int, ...]
+    variants: tuple[str, ...]  # expanded: inductor -> inductor-<mode> per mode
+    baseline: str
+
+
+def _split(text: str, what: str, allowed=None) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        choices = f", from {','.join(allowed)}" if allowed else ""
+        raise UsageError(f"{what} is empty", fix=f"give a comma-separated list{choices}")
+    dup = sorted({t for t in items if items.count(t) > 1})
+    if dup:
+        raise UsageError(f"{what} repeats {', '.join(dup)}", actual=text, fix="name each entry once")
+    prefixes = tuple(a[:-1] for a in allowed or () if a.endswith("*"))  # "tvm*": any name with that prefix
+    unknown = [t for t in items if allowed is not None and t not in allowed and not t.startswith(prefixes)]
+    if unknown:
+        raise UsageError(f"unknown {what} {', '.join(unknown)}", expected=f"some of {','.join(allowed)}", actual=text)
+    return items
+
+
+def expand_variants(variants: list[str], modes: list[str]) -> list[str]:
+    """``inductor`` becomes one ``inductor-<mode>`` per mode; the rest stay, in order."""
+    out: list[str] = []
+    for v in variants:
+        for name in ([f"inductor-{m}" for m in modes] if v == "inductor" else [v]):
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def choose_baseline(variants: list[str], baseline: str | None) -> str:
+    """``baseline`` if given (it must be measured), else inductor-max-autotune, the first inductor-*, eager, the first."""
+    if baseline:
+        if baseline not in variants:
+            raise UsageError(f"--baseline {baseline} is not among the variants measured", expected=", ".join(variants),
+                             actual=baseline, fix="name one of the variants (inductor-<mode> for torch.compile)")
+        return baseline
+    inductor = [v for v in variants if v.startswith("inductor-")]
+    for pick in ("inductor-max-autotune", *inductor, "eager"):
+        if pick in variants:
+            return pick
+    return variants[0]
+
+
+def plan(args) -> Plan:
+    """Validate the options (UsageError naming the bad one) into a :class:`Plan`."""
+    allowed = (*VARIANTS, *(f"inductor-{m}" for m in INDUCTOR_MODES), "tvm*")  # tvm*: backends/tvm/bench.py checks
+    modes = _split(args.inductor_modes, "--inductor-modes", INDUCTOR_MODES)
+    variants = expand_variants(_split(args.variants, "--variants", allowed), modes)
+    batches = []
+    for b in _split(args.batches, "--batches"):
+        if not b.isdigit() or int(b) < 1:
+            raise UsageError(f"--batches entry {b!r} is not a positive integer", actual=args.batches, fix="e.g. --batches 1,32,256")
+        batches.append(int(b))
+    prune_ratios(args.prune_ratio, _split(args.models, "--models"))  # checked before any GPU work
+    return Plan(models=tuple(_split(args.models, "--models")), dtypes=tuple(_split(args.dtypes, "--dtypes", tuple(DTYPES))),
+                batches=tuple(batches), variants=tuple(variants), baseline=choose_baseline(variants, args.baseline))
+
+
+# ---------------------------------------------------------------- measuring
 
 def _inputs(batch: int, dtype, copies: int | None = None):
     per = batch * 3 * 224 * 224 * 2
@@ -88,19 +182,12 @@ def time_variant(fn, inputs, *, repeats: int, iters: int, warmup: int, prepare=N
 
 
 def graphed(module, example):
-    """Capture ``module(static_x)`` once as a CUDA graph; returns (run(x), prepare(x))."""
-    static_x = example.clone()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s), torch.no_grad():
-        for _ in range(3):
-            module(static_x)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g), torch.no_grad():
-        out = module(static_x)
-    holder = {"out": out}
-    return (lambda x: g.replay()), (lambda x: static_x.copy_(x)), holder
+    """Capture ``module(example)`` once as a CUDA graph (:mod:`sparsec.backends.cuda_graph`); returns
+    (run(x), prepare(x), the captured graph): prepare copies x into the static input, run replays."""
+    from sparsec.backends.cuda_graph import CudaGraphModule
+
+    graph = CudaGraphModule(module, check_device=False).capture(example)  # any CUDA callable, as loaded
+    return (lambda x: graph.replay()), graph.copy_in, graph
 
 
 def _first(y):
@@ -128,42 +215,85 @@ def make_model(name: str):
     return m
 
 
+def prune_ratios(spec: str, models: list[str]) -> dict[str, float]:
+    """``--prune-ratio``: one ratio for every model (``0.3``) or one per model (``resnet50=0.5,mobilenet_v2=0.32``)."""
+    out = {}
+    try:
+        if "=" not in spec:
+            out = dict.fromkeys(models, float(spec))
+        else:
+            out = {k.strip(): float(v) for k, v in (item.split("=", 1) for item in spec.split(",") if item.strip())}
+    except ValueError:
+        out = {}
+    if not out or any(not 0 < r < 1 for r in out.values()) or set(models) - set(out):
+        raise UsageError(f"--prune-ratio '{spec}' does not give a ratio in (0, 1) for every model",
+                         expected="one ratio (0.3) or model=ratio for each of " + ",".join(models), actual=spec)
+    return out
+
+
+def sparsec_pipeline(pipeline: str, *, dtype: str = "fp16", prune_ratio: float | None = None,
+                     cost_model: str | None = None, round_to: int = 8) -> str:
+    """The backend's pipeline with the bench's changes: I/O in ``dtype``, optional prune and sparsify cost model.
+
+    Pruning is ``prune-channels{ratio,round-to}`` with round-to 8 by default: the widths of the accuracy
+    experiment (benchmarks/accuracy/run.py), whose accuracy the headline ratio must meet; 8 is also the
+    fp16/bf16 tensor-core alignment the kernels need."""
+    new, n = re.subn(r"to-dtype(\{[^}]*\})?", f"to-dtype{{dtype={dtype},keep-io=false}}", pipeline)
+    if n != 1:
+        raise UsageError("the backend's pipeline has no single to-dtype pass to set the dtype in", actual=pipeline)
+    if prune_ratio:
+        new = new.replace("fold-bn,dce,", f"fold-bn,dce,prune-channels{{ratio={prune_ratio},round-to={round_to}}},dce,",
+                          1)
+    if cost_model:
+        new = new.replace("sparsify-2-4,", f"sparsify-2-4{{cost-model={cost_model}}},")
+    return new
+
+
 def sparsec_variant(model, batch: int, target: str, prune_ratio: float | None, workdir: Path,
-                    cost_model: str | None = None):
-    """Compile + load one sparsec variant; returns (loaded module, eager reference module, compile s, info).
+                    cost_model: str | None = None, dtype: str = "fp16", round_to: int = 8):
+    """Compile + load one sparsec variant; returns (loaded module, reference module, compile s, info).
 
     The steps of ``sparsec.compile`` (trace, the backend's pipeline, lower, write the artifact) then
-    ``sparsec.load``, with the module kept before lowering as the reference (pruned / masked fp16 graph).
+    ``sparsec.load``, with the module kept before lowering as the reference (pruned / masked graph in ``dtype``).
     """
     import sparsec
     from sparsec.api import resolve_backend, resolve_target
     from sparsec.backends.artifact import write_artifact
+    from sparsec.ir import Cost
     from sparsec.passes.manager import PassContext, PassManager
 
     tgt = resolve_target(target)
     backend = resolve_backend(tgt)
-    pipeline = backend.pipeline(tgt)
-    if prune_ratio:
-        pipeline = pipeline.replace("fold-bn,dce,", f"fold-bn,dce,prune-channels{{ratio={prune_ratio},round-to=32}},dce,", 1)
-    if cost_model:
-        pipeline = pipeline.replace("sparsify-2-4,", f"sparsify-2-4{{cost-model={cost_model}}},")
+    pipeline = sparsec_pipeline(backend.pipeline(tgt), dtype=dtype, prune_ratio=prune_ratio, cost_model=cost_model,
+                                round_to=round_to)
     t0 = time.perf_counter()
     mod = sparsec.trace(model, (torch.randn(batch, 3, 224, 224),))
     pm = PassManager.parse(pipeline)
     records = tuple(pm.run(mod, PassContext(target=tgt)))
     t_clone = time.perf_counter()
+    cost = mod.analysis(Cost)  # of the pruned graph; 2:4 zeros are not subtracted
     ref = mod.clone()
     t1 = time.perf_counter()
     lowered = backend.lower(mod, tgt)
-    path = write_artifact(workdir / f"{target}-{prune_ratio}-{batch}.sparsec", lowered, target=tgt, pipeline=str(pm),
-                          records=records)
+    path = write_artifact(workdir / f"{target}-{dtype}-{prune_ratio}-{batch}.sparsec", lowered, target=tgt,
+                          pipeline=str(pm), records=records)
     loaded = sparsec.load(path)
     compile_s = (t_clone - t0) + (time.perf_counter() - t1)
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     layers = manifest["payload"]["layers"]
     info = {"pipeline": str(pm), "layers_lowered": len(layers), "layers_24": sum(r["sparse"] for r in layers),
-            "kernels": len(manifest["payload"]["kernels"])}
+            "kernels": len(manifest["payload"]["kernels"]), "flops": cost.total_flops // batch, "params": cost.total_params}
     return loaded, ref.gm.cuda().eval(), compile_s, info
+
+
+@functools.lru_cache(maxsize=None)
+def dense_cost(name: str) -> tuple[int, int]:
+    """(FLOPs per 224x224 image = 2 x MACs, parameters) of the unpruned model (sparsec's Cost analysis)."""
+    import sparsec
+    from sparsec.ir import Cost
+
+    cost = sparsec.trace(make_model(name), (torch.randn(1, 3, 224, 224),)).analysis(Cost)
+    return cost.total_flops, cost.total_params
 
 
 def _stats(rounds, batch):
@@ -187,168 +317,385 @@ def _vs(base_rounds: list[float], rounds: list[float]):
     return round(mean, 4), [round(float(mean - half), 4), round(float(mean + half), 4)], (None if p != p else float(p))
 
 
+def attach_speedups(group: list[dict], baseline: str) -> None:
+    """Speedup (95% CI, paired t-test) of every record of one (model, dtype, batch) against ``baseline``'s."""
+    base = next((r for r in group if r["variant"] == baseline), None)
+    for r in group:
+        r["baseline"] = baseline
+        if base is None:
+            r.update(speedup_vs_baseline=None, ci95=None, p_value_vs_baseline=None)
+            continue
+        sp, ci, p = _vs(base["round_medians"], r["round_medians"])
+        r.update(speedup_vs_baseline=sp, ci95=ci, p_value_vs_baseline=p)
+    # BENCHMARKS.md's e2e fields: against torch.compile (the baseline when it is one, else the first inductor-*)
+    ind = base if baseline.startswith("inductor") else next((r for r in group if r["variant"].startswith("inductor")), None)
+    for r in group if ind is not None else ():
+        sp, _, p = _vs(ind["round_medians"], r["round_medians"])
+        r.update(speedup_vs_inductor=sp, p_value_vs_inductor=p, inductor_variant=ind["variant"])
+
+
+def _mb(nbytes: int) -> float:
+    return round(nbytes / 2**20, 1)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="resnet50")
-    ap.add_argument("--batches", default="1,256")
-    ap.add_argument("--dtype", default="fp16", choices=["fp16"])
-    ap.add_argument("--prune-ratio", type=float, default=0.3)
-    ap.add_argument("--variants", default="eager,inductor,sparsec-dense,sparsec-24,sparsec-pruned,sparsec-pruned-24")
+    ap.add_argument("--models", default="resnet50", help="comma-separated torchvision model names")
+    ap.add_argument("--batches", default="1,32,256")
+    ap.add_argument("--dtypes", default="fp16", help="comma-separated, from fp16,bf16")
+    ap.add_argument("--prune-ratio", default="0.3", help="one ratio, or model=ratio,... (see prune_ratios)")
+    ap.add_argument("--round-to", type=int, default=8, help="prune-channels round-to of the pruned variants")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="comma-separated; 'inductor' expands to one variant per --inductor-modes entry")
     ap.add_argument("--pruned-cost-model", default="shape", choices=["measured", "shape", "off"])
-    ap.add_argument("--inductor-mode", default="default", choices=["default", "max-autotune", "reduce-overhead"])
+    ap.add_argument("--inductor-modes", default="default", help=f"comma-separated, from {','.join(INDUCTOR_MODES)}")
+    ap.add_argument("--baseline", default=None, help="variant the speedups are against (default: see above)")
+    ap.add_argument("--inductor-cache-dir", default=None,
+                    help="TORCHINDUCTOR_CACHE_DIR: a warm cache (FX graphs, autotune results) skips max-autotune's "
+                         "benchmarking and compiles the same code; whether it was warm goes into the JSON")
+    ap.add_argument("--accuracy", default=None,
+                    help="accuracy results JSON for the stages figure (default: benchmarks/results/accuracy_<gpu>.json)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out-dir", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="suffix of the output file name: e2e_<gpu>[_TAG].json")
+    ap.add_argument("--from-json", default=None, metavar="JSON",
+                    help="measure nothing: redraw the figures beside JSON (an e2e results file) and print its table")
+    ap.add_argument("--tvm-artifacts", default=None,
+                    help="folder of prebuilt tvm artifacts for the tvm* variants (backends/tvm/bench.py)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        return redraw(Path(args.from_json), args.accuracy)
+    p = plan(args)
     if not torch.cuda.is_available():
-        from sparsec.errors import TargetError
-
         raise TargetError("sparsec bench needs a CUDA GPU", actual="torch.cuda.is_available() is False",
                           fix="run it on the GPU machine the numbers are for; `sparsec compile` works without one")
-
+    if args.inductor_cache_dir:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(args.inductor_cache_dir).resolve())
+    inductor = _inductor_settings(p)
     torch.backends.cudnn.benchmark = True
-    dt = torch.float16
-    variants = args.variants.split(",")
-    inductor_name = f"inductor-{args.inductor_mode}"
-    records = []
+    records: list[dict] = []
+    failures: list[dict] = []
     work = Path(tempfile.mkdtemp(prefix="sparsec-e2e-"))
-    for name in args.models.split(","):
-        for batch in (int(b) for b in args.batches.split(",")):
+    t_start = time.perf_counter()
+    n_groups, i_group = len(p.models) * len(p.dtypes) * len(p.batches), 0
+    for name in p.models:
+        for dtype, batch in itertools.product(p.dtypes, p.batches):
+            i_group += 1
+            dt = DTYPES[dtype]
             base = make_model(name)
-            params = sum(p.numel() for p in base.parameters())
+            flops, params = dense_cost(name)
             inputs = _inputs(batch, dt)
-            check_x = torch.randn(batch, 3, 224, 224, device="cuda", generator=torch.Generator(device="cuda").manual_seed(99))
-            results: dict = {}
-            for v in variants:
+            check_x = torch.randn(batch, 3, 224, 224, device="cuda",
+                                  generator=torch.Generator(device="cuda").manual_seed(99)).to(dt)
+            group: list[dict] = []
+            for v in p.variants:
+                print(f"{_clock(t_start)} ({i_group}/{n_groups}) {name} {dtype} bs{batch} {v}: building"
+                      + (" (max-autotune: minutes)" if "max-autotune" in v else ""), flush=True)
                 gc.collect()
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
                 mem0 = torch.cuda.memory_allocated()
                 prepare, info, compile_s, prune = None, {}, 0.0, None
                 m = ref = loaded = holder = None
+                inputs_v = inputs
                 try:
-                    if v in ("eager", "inductor"):
-                        m = make_model(name)
-                        m = m.to("cuda", dt).to(memory_format=torch.channels_last)
-                        ref = m
-                        if v == "inductor":
+                    if v == "eager" or v.startswith("inductor-"):
+                        m = make_model(name).to("cuda", dt).to(memory_format=torch.channels_last)
+                        with torch.no_grad():
+                            ref = m(check_x)  # the eager model's logits
+                        if v != "eager":
+                            mode = v.removeprefix("inductor-")
+                            torch._dynamo.reset()  # nothing carried over from the last batch: a static compile per batch
                             t0 = time.perf_counter()
-                            m = torch.compile(m, mode=None if args.inductor_mode == "default" else args.inductor_mode)
-                            with torch.no_grad():
+                            m = torch.compile(m, mode=None if mode == "default" else mode, dynamic=False)
+                            with torch.no_grad(), _heartbeat(f"{name} {dtype} bs{batch} {v}: compiling", t_start):
                                 m(inputs[0])
                             torch.cuda.synchronize()
                             compile_s = time.perf_counter() - t0
                         fn = torch.no_grad()(m)
                         with torch.no_grad():
-                            rel, top1 = compare(m(check_x.to(dt)), ref(check_x.to(dt)))
+                            rel, top1 = compare(m(check_x), ref)
+                    elif v.startswith("tvm"):  # tvm, tvm-24 (+ -graph): prebuilt artifacts, backends/tvm/bench.py
+                        from sparsec.backends.tvm.bench import tvm_variant
+
+                        loaded, ref, compile_s, info = tvm_variant(base, name, batch, v, args.tvm_artifacts, work)
+                        with torch.no_grad():  # built with fp16 I/O (bench.sparsec_pipeline): the same inputs
+                            rel, top1 = compare(loaded(check_x), ref(check_x))
+                        fn = loaded
+                        if v.endswith("-graph"):
+                            fn, prepare, holder = graphed(loaded, inputs[0])
                     else:
                         target = "h100-sparse" if v.endswith("-24") else "h100"
-                        prune = args.prune_ratio if "pruned" in v else None
+                        prune = prune_ratios(args.prune_ratio, [name])[name] if "pruned" in v else None
                         cm = args.pruned_cost_model if (prune and target == "h100-sparse") else None
-                        loaded, ref, compile_s, info = sparsec_variant(base, batch, target, prune, work, cm)
+                        loaded, ref, compile_s, info = sparsec_variant(base, batch, target, prune, work, cm, dtype,
+                                                                       args.round_to)
                         with torch.no_grad():
-                            rel, top1 = compare(loaded(check_x.float()), ref(check_x.float()))
-                        fn, prepare, holder = graphed(loaded, inputs[0].float())
-                        fp32_inputs = [x.float() for x in inputs]
-                        inputs_v = fp32_inputs
-                    rounds = time_variant(fn, inputs if v in ("eager", "inductor") else inputs_v, repeats=args.repeats,
-                                          iters=args.iters, warmup=args.warmup, prepare=prepare)
+                            rel, top1 = compare(loaded(check_x), ref(check_x))
+                    setup_peak = torch.cuda.max_memory_allocated() - mem0
+                    ref = None  # the reference does not count in the running peak
+                    gc.collect()
+                    torch.cuda.reset_peak_memory_stats()
+                    if v.startswith("sparsec-"):
+                        fn, prepare, holder = graphed(loaded, inputs[0])
+                    rounds = time_variant(fn, inputs_v, repeats=args.repeats, iters=args.iters, warmup=args.warmup,
+                                          prepare=prepare)
                 except Exception as exc:  # noqa: BLE001 -- one failing variant must not lose the others
-                    print(f"{name} bs{batch} {v}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                          flush=True)
+                    msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    print(f"{_clock(t_start)} {name} {dtype} bs{batch} {v}: FAILED {msg}", flush=True)
+                    failures.append({"model": name, "variant": v, "batch": batch, "dtype": dtype, "error": msg})
+                    fn = prepare = m = ref = loaded = holder = None  # noqa: F841
                     continue
-                st = _stats(rounds, batch)
-                vname = inductor_name if v == "inductor" else v
-                results[vname] = st
-                records.append({"model": name, "variant": vname, "batch": batch, "dtype": args.dtype, **st,
-                                "peak_mem_mb": round((torch.cuda.max_memory_allocated() - mem0) / 2**20, 1),
-                                "compile_s": round(compile_s, 2), "prune_ratio": prune, "params": params, "flops": None,
-                                "max_rel_err_vs_reference": rel, "top1_agreement_vs_reference": top1, **info})
-                print(f"{name} bs{batch} {vname}: {st['latency_ms_median']:.3f} ms (p90 {st['latency_ms_p90']:.3f}), "
-                      f"{st['throughput_img_s']:.0f} img/s, rel err {rel:.2e}, top-1 {top1:.3f}, compile {compile_s:.1f} s",
-                      flush=True)
+                rec = {"model": name, "variant": v, "batch": batch, "dtype": dtype, **_stats(rounds, batch),
+                       "peak_mem_mb": _mb(torch.cuda.max_memory_allocated() - mem0), "peak_mem_setup_mb": _mb(setup_peak),
+                       "compile_s": round(compile_s, 2), "prune_ratio": prune, "params": params, "flops": flops,
+                       "max_rel_err_vs_reference": rel, "top1_agreement_vs_reference": top1, **info}
+                group.append(rec)
+                records.append(rec)
+                attach_speedups(group, p.baseline)
+                print(f"{_clock(t_start)} {name} {dtype} bs{batch} {v}: {rec['latency_ms_median']:.3f} ms "
+                      f"(p90 {rec['latency_ms_p90']:.3f}), {rec['throughput_img_s']:.0f} img/s, rel err {rel:.2e}, "
+                      f"top-1 {top1:.3f}, compile {compile_s:.1f} s, peak {rec['peak_mem_mb']:.0f} MB "
+                      f"(setup {rec['peak_mem_setup_mb']:.0f} MB)", flush=True)
                 fn = prepare = m = ref = loaded = holder = None  # noqa: F841 -- free this variant's memory
-            if inductor_name in results:
-                for r in records:
-                    if r["model"] == name and r["batch"] == batch:
-                        sp, ci, p = _vs(results[inductor_name]["round_medians"], r["round_medians"])
-                        r.update(speedup_vs_inductor=sp, ci95=ci, p_value_vs_inductor=p)
-            out = write(records, args, variants, final=False)  # after each (model, batch): a cut-off run keeps these
-    out = write(records, args, variants)
-    print(f"wrote {out}")
+                write(records, failures, args, p, inductor, final=False)  # a run cut short keeps what finished
+            write(records, failures, args, p, inductor, final=False, draw=True)  # figures after each group
+    out = write(records, failures, args, p, inductor)
+    table(records, p.baseline)
+    print(f"{_clock(t_start)} wrote {out}")
     return 0
 
 
-def write(records, args, variants, final: bool = True) -> Path:
+def _clock(t0: float) -> str:
+    return f"[{time.perf_counter() - t0:6.0f} s]"
+
+
+@contextlib.contextmanager
+def _heartbeat(label: str, t0: float, every_s: float = 60.0):
+    """Print ``label`` every ``every_s`` seconds while the block runs (max-autotune compiles for minutes)."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(every_s):
+            print(f"{_clock(t0)} {label}", flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def redraw(path: Path, accuracy: str | None) -> int:
+    """``--from-json``: the figures and the table of an existing e2e results file (no GPU needed)."""
+    if not path.is_file():
+        raise UsageError(f"--from-json {path}: no such file", fix="give an e2e_<gpu>[_TAG].json written by sparsec bench")
+    doc = json.loads(path.read_text())
+    if doc.get("kind") != "e2e":
+        raise UsageError(f"--from-json {path} is not an e2e results file", expected='"kind": "e2e"', actual=str(doc.get("kind")))
+    baseline = doc.get("baseline") or choose_baseline(list(dict.fromkeys(r["variant"] for r in doc["records"])), None)
+    records = [dict(r, dtype=r.get("dtype", "fp16")) for r in doc["records"]]
+    for key in {(r["model"], r["dtype"], r["batch"]) for r in records}:  # speedups vs this baseline, from round medians
+        attach_speedups([r for r in records if (r["model"], r["dtype"], r["batch"]) == key], baseline)
+    figures(records, path, _gpu_short(doc["device"]), accuracy, baseline)
+    table(records, baseline)
+    return 0
+
+
+def _inductor_settings(p: Plan) -> dict | None:
+    """The torch._inductor settings in force (compile threads, caches): what makes max-autotune faster to
+    compile without changing the code it picks. None when no inductor variant runs."""
+    modes = [v.removeprefix("inductor-") for v in p.variants if v.startswith("inductor-")]
+    if not modes:
+        return None
+    import torch._inductor.config as cfg
+
+    keys = ("compile_threads", "fx_graph_cache", "autotune_local_cache", "autotune_in_subproc",
+            "max_autotune_gemm_backends", "max_autotune_conv_backends", "max_autotune_gemm_search_space")
+    out = {k: getattr(cfg, k, None) for k in keys}
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        out["cache_dir"] = cache_dir()
+    except ImportError:
+        out["cache_dir"] = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    out["cache_warm_at_start"] = bool(out["cache_dir"]) and Path(out["cache_dir"]).is_dir() and any(Path(out["cache_dir"]).iterdir())
+    out["modes"] = {m: torch._inductor.list_mode_options(None if m == "default" else m) for m in modes}
+    out["dynamic"] = False
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _versions() -> dict:
     import sparsec
 
-    dev = torch.cuda.get_device_name()
     try:
         from sparsec.backends.cutlass.build import toolchain
 
         cutlass = toolchain().cutlass_version
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 -- no CUTLASS here: the JSON says null
         cutlass = None
+    return {"sparsec": sparsec.__version__, "torch": torch.__version__, "cuda": torch.version.cuda, "cutlass": cutlass}
+
+
+def write(records, failures, args, p: Plan, inductor: dict | None = None, final: bool = True,
+          draw: bool = False) -> Path:
+    dev = torch.cuda.get_device_name()
     doc = {
-        "kind": "e2e", "device": dev, "capability": list(torch.cuda.get_device_capability()),
-        "versions": {"sparsec": sparsec.__version__, "torch": torch.__version__, "cuda": torch.version.cuda,
-                     "cutlass": cutlass},
+        "kind": "e2e", "device": dev, "capability": list(torch.cuda.get_device_capability()), "versions": _versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": " ".join(sys.argv),
         "git_commit": os.environ.get("SPARSEC_GIT_COMMIT"),
         "method": (f"{args.repeats} rounds x {args.iters} CUDA-event timings after {args.warmup} warm-ups; inputs rotated "
-                   "beyond L2; sparsec variants replayed as one CUDA graph (input copied in before the start event); "
-                   f"inductor mode {args.inductor_mode}; speedup CI: t-interval over per-round ratios; p: paired t-test"),
+                   "beyond L2, the same fp16/bf16 tensors for every variant (sparsec compiled with keep-io=false); "
+                   "sparsec variants replayed as one CUDA graph (input copied in before the start event); "
+                   "torch.compile with dynamic=False after torch._dynamo.reset(); speedup vs the baseline: t-interval "
+                   "over per-round ratios; p: paired t-test over per-round medians; peak_mem_mb: running peak above the "
+                   "inputs (reference freed), peak_mem_setup_mb: compile + load + check"),
+        "baseline": p.baseline,
+        "plan": dataclasses.asdict(p),
         "kernel_configs": os.environ.get("SPARSEC_CUTLASS_CONFIGS", "tuned"),
         "kxk_policy": os.environ.get("SPARSEC_CUTLASS_KXK", "sparse"),
+        "inductor": inductor,
+        "complete": final,
+        "failures": failures,
         "records": records,
     }
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"e2e_{_gpu_short(dev)}{'_' + args.tag if args.tag else ''}.json"
-    out.write_text(json.dumps(doc, indent=1) + "\n")
-    _plot(records, out.with_suffix(".png"))
-    if final:
-        _table(records)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, out)  # a run killed mid-write leaves the previous complete file
+    if final or draw:
+        figures(records, out, _gpu_short(dev), args.accuracy, p.baseline)
     return out
 
 
-def _table(records) -> None:
+def figures(records, out: Path, gpu: str, accuracy: str | None, baseline: str) -> list[Path]:
+    """The bar chart beside ``out`` and, where the accuracy results cover a measured model, the stages figure."""
+    made = []
+    if records:
+        plot(records, out.with_suffix(".png"))
+        made.append(out.with_suffix(".png"))
+    acc = Path(accuracy) if accuracy else Path("benchmarks/results") / f"accuracy_{gpu}.json"
+    stages = out.with_name(out.stem + "_stages.png")
+    if acc.is_file() and plot_stages(records, json.loads(acc.read_text()), stages, baseline):
+        made.append(stages)
+    return made
+
+
+# ---------------------------------------------------------------- table and figures
+
+def table(records, baseline: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="sparsec e2e (fp16)")
-    for c in ("model", "batch", "variant", "median ms", "p90 ms", "img/s", "x inductor", "95% CI", "p", "rel err",
-              "top-1", "compile s", "peak MB"):
+    t = Table(title=f"sparsec e2e (speedup vs {baseline})")
+    for c in ("model", "dtype", "batch", "variant", "median ms", "p90 ms", "img/s", "speedup", "95% CI", "p", "rel err",
+              "top-1", "compile s", "peak MB", "setup MB"):
         t.add_column(c)
     for r in records:
-        ci = r.get("ci95")
-        t.add_row(r["model"], str(r["batch"]), r["variant"], f"{r['latency_ms_median']:.3f}", f"{r['latency_ms_p90']:.3f}",
-                  f"{r['throughput_img_s']:.0f}", f"{r.get('speedup_vs_inductor', float('nan')):.2f}",
-                  f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-",
-                  f"{r['p_value_vs_inductor']:.1e}" if r.get("p_value_vs_inductor") is not None else "-",
+        ci, sp, p = r.get("ci95"), r.get("speedup_vs_baseline"), r.get("p_value_vs_baseline")
+        t.add_row(r["model"], r["dtype"], str(r["batch"]), r["variant"], f"{r['latency_ms_median']:.3f}",
+                  f"{r['latency_ms_p90']:.3f}", f"{r['throughput_img_s']:.0f}", _fmt(sp, ".2f"),
+                  f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-", _fmt(p, ".1e"),
                   f"{r['max_rel_err_vs_reference']:.1e}", f"{r['top1_agreement_vs_reference']:.3f}",
-                  f"{r['compile_s']:.1f}", f"{r['peak_mem_mb']:.0f}")
-    Console(width=200).print(t)
+                  f"{r['compile_s']:.1f}", f"{r['peak_mem_mb']:.0f}", _fmt(r.get("peak_mem_setup_mb"), ".0f"))
+    Console(width=220).print(t)
 
 
-def _plot(records, path: Path) -> None:
+def _fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(r["model"], r["batch"]) for r in records})
+    return plt
+
+
+def plot(records, path: Path) -> None:
+    """Throughput bars, one panel per (model, dtype, batch)."""
+    groups = sorted({(r["model"], r["dtype"], r["batch"]) for r in records})
     if not groups:
         return
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    for ax, (model, batch) in zip(axes[0], groups):
-        rs = [r for r in records if r["model"] == model and r["batch"] == batch]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 4), squeeze=False)
+    for ax, (model, dtype, batch) in zip(axes[0], groups):
+        rs = [r for r in records if (r["model"], r["dtype"], r["batch"]) == (model, dtype, batch)]
         ax.bar([r["variant"] for r in rs], [r["throughput_img_s"] for r in rs], color="tab:blue")
-        ax.set_title(f"{model} bs{batch} fp16")
+        ax.set_title(f"{model} bs{batch} {dtype}")
         ax.set_ylabel("throughput (img/s)")
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def stage_rows(records, accuracy: dict, model: str) -> tuple[list[dict], dict | None]:
+    """Per accuracy stage of ``model``: top-1 mean/std (accuracy summary) beside the latency and throughput of the
+    variant that runs it (:data:`STAGE_VARIANT`), at the largest batch measured, fp16 if measured; and that key."""
+    summary = [s for s in accuracy.get("summary", []) if s.get("model") == model and s.get("stage") in STAGE_VARIANT]
+    mine = [r for r in records if r["model"] == model]
+    if not summary or not mine:
+        return [], None
+    dtype = "fp16" if any(r["dtype"] == "fp16" for r in mine) else mine[0]["dtype"]
+    batch = max(r["batch"] for r in mine if r["dtype"] == dtype)
+    by_variant = {r["variant"]: r for r in mine if (r["dtype"], r["batch"]) == (dtype, batch)}
+    rows = []
+    for s in summary:
+        r = by_variant.get(STAGE_VARIANT[s["stage"]])
+        rows.append({"stage": s["stage"], "variant": STAGE_VARIANT[s["stage"]], "top1": s["top1_mean"],
+                     "top1_std": s.get("top1_std") or 0.0, "flops_removed_frac": s.get("flops_removed_frac"),
+                     "latency_ms": r["latency_ms_median"] if r else None, "throughput": r["throughput_img_s"] if r else None})
+    return rows, {"dtype": dtype, "batch": batch, "variants": by_variant}
+
+
+def plot_stages(records, accuracy: dict, path: Path, baseline: str) -> bool:
+    """The seed paper's figures 1-3 in one figure: accuracy, latency and throughput across the stages
+    (dense, pruned, pruned-ft, pruned-24-ft), a row per model with accuracy results. False if none has any."""
+    models = [m for m in dict.fromkeys(r["model"] for r in records) if stage_rows(records, accuracy, m)[0]]
+    if not models:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(models), 3, figsize=(15, 3.8 * len(models)), squeeze=False)
+    for row, model in zip(axes, models):
+        rows, key = stage_rows(records, accuracy, model)
+        stages = [r["stage"] for r in rows]
+        colors = ["tab:gray", "tab:red", "tab:blue", "tab:green"][: len(stages)]
+        bars = row[0].bar(stages, [100 * r["top1"] for r in rows], yerr=[100 * r["top1_std"] for r in rows],
+                          color=colors, capsize=3)
+        row[0].bar_label(bars, fmt="%.1f", fontsize=8)
+        lo = min(100 * r["top1"] for r in rows)
+        row[0].set_ylim(max(0, lo - 5), 100)
+        row[0].set_ylabel("top-1 (%)")
+        fr = next((r["flops_removed_frac"] for r in rows if r["flops_removed_frac"]), None)
+        dataset = next((r.get("dataset") for r in accuracy.get("records", []) if r.get("model") == model), "?")
+        row[0].set_title(f"{model}: accuracy ({dataset}"
+                         + (f", {fr:.0%} FLOPs removed" if fr else "") + ")")
+        for ax, field, label in ((row[1], "latency_ms", "latency (ms)"), (row[2], "throughput", "throughput (img/s)")):
+            bars = ax.bar(stages, [r[field] or 0 for r in rows], color=colors)
+            ax.bar_label(bars, fmt="%.3g", fontsize=8)
+            base = key["variants"].get(baseline)
+            if base is not None:
+                ax.axhline(base["latency_ms_median"] if field == "latency_ms" else base["throughput_img_s"],
+                           color="k", ls="--", lw=1, label=baseline)
+                ax.legend(loc="best", fontsize=8)
+            ax.set_ylabel(label)
+            ax.set_title(f"{model} bs{key['batch']} {key['dtype']}: {label.split(' ')[0]} (sparsec, prune ratio "
+                         f"{next((r.get('prune_ratio') for r in key['variants'].values() if r.get('prune_ratio')), '-')})",
+                         fontsize=9)
+        for ax in row:
+            ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

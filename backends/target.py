@@ -95,6 +95,11 @@ class Backend:
         """What this machine lacks to compile with this backend (shown by `sparsec targets`), or None."""
         return None
 
+    def for_target(self, target: Target) -> "Backend":
+        """This backend as it compiles ``target``: ``resolve_backend`` returns it, so ``support`` may
+        depend on the target (``tvm``: CUTLASS kernels on GPUs, all TVM on the CPU). Default: ``self``."""
+        return self
+
     def support(self, node: fx.Node) -> Supported | Unsupported:
         raise NotImplementedError
 

@@ -1,6 +1,7 @@
 """``sparsec bench``: time eager, torch.compile and sparsec variants of a model on this GPU.
 
-Click only at import time; torch and the benchmark load inside the command.
+Click only at import time; torch and the benchmark load inside the command, which validates the lists
+(``sparsec.backends.bench.plan``) before it looks for a GPU.
 """
 
 from __future__ import annotations
@@ -12,36 +13,48 @@ _VARIANTS = "eager,inductor,sparsec-dense,sparsec-24,sparsec-pruned,sparsec-prun
 
 @click.command("bench", context_settings={"show_default": True})
 @click.option("--models", default="resnet50", help="Comma-separated torchvision model names.")
-@click.option("--batches", default="1,256", help="Comma-separated batch sizes.")
-@click.option("--prune-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.3,
-              help="prune-channels ratio of the pruned variants.")
-@click.option("--variants", default=_VARIANTS, help="Comma-separated variants to time, side by side.")
-@click.option("--inductor-mode", type=click.Choice(["default", "max-autotune", "reduce-overhead"]), default="default",
-              help="torch.compile mode of the inductor variant (max-autotune takes minutes per shape).")
+@click.option("--batches", default="1,32,256", help="Comma-separated batch sizes.")
+@click.option("--dtypes", default="fp16", help="Comma-separated, from fp16,bf16 (sparsec variants compiled in each).")
+@click.option("--prune-ratio", default="0.3",
+              help="prune-channels ratio of the pruned variants: one (0.3) or per model (resnet50=0.5,mobilenet_v2=0.32).")
+@click.option("--round-to", type=click.IntRange(min=1), default=8,
+              help="prune-channels round-to (8: the widths of the accuracy experiment).")
+@click.option("--variants", default=_VARIANTS,
+              help="Comma-separated variants, side by side; 'inductor' is one variant per --inductor-modes entry.")
+@click.option("--inductor-modes", default="default",
+              help="Comma-separated torch.compile modes, from default,max-autotune,max-autotune-no-cudagraphs,"
+                   "reduce-overhead (max-autotune takes minutes per shape).")
+@click.option("--baseline", default=None,
+              help="Variant the speedups are against [default: inductor-max-autotune if measured, else the first "
+                   "inductor variant, else eager].")
+@click.option("--pruned-cost-model", type=click.Choice(["measured", "shape", "off"]), default="shape",
+              help="sparsify-2-4 cost model of sparsec-pruned-24.")
+@click.option("--inductor-cache-dir", type=click.Path(file_okay=False), default=None,
+              help="TORCHINDUCTOR_CACHE_DIR; a warm one skips max-autotune's benchmarking (same code).")
+@click.option("--accuracy", type=click.Path(dir_okay=False), default=None,
+              help="Accuracy results for the stages figure [default: benchmarks/results/accuracy_<gpu>.json].")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, help="Rounds per variant (for the 95% CI and t-test).")
 @click.option("--iters", type=click.IntRange(min=1), default=20, help="Timed calls per round.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, help="Untimed calls first.")
-@click.option("--out-dir", default="benchmarks/results", help="Where e2e_<gpu>.json and its PNG go.")
+@click.option("--out-dir", default="benchmarks/results", help="Where e2e_<gpu>[_TAG].json and its figures go.")
 @click.option("--tag", default="", help="Suffix of the output file name: e2e_<gpu>[_TAG].json.")
-def bench_cmd(models: str, batches: str, prune_ratio: float, variants: str, inductor_mode: str, repeats: int,
-              iters: int, warmup: int, out_dir: str, tag: str) -> None:
-    """Latency, throughput, memory and speedup (95% CI, paired t-test vs torch.compile) of a model's variants.
+@click.option("--from-json", type=click.Path(dir_okay=False), default=None,
+              help="Measure nothing: redraw the figures beside this e2e results file and print its table (no GPU).")
+def bench_cmd(**opts) -> None:
+    """Latency, throughput, memory and speedup (95% CI, paired t-test vs a baseline) of a model's variants.
 
-    Variants (fp16): eager, torch.compile, and sparsec artifacts for h100 (fusion), pruned, 2:4 and
-    pruned + 2:4, each loaded with sparsec.load and replayed as one CUDA graph, checked against its
-    own eager reference. Writes BENCHMARKS.md `e2e` records, a table and a bar chart.
+    Variants, in each dtype: eager, torch.compile (one per mode), and sparsec artifacts for h100
+    (fusion), pruned, 2:4 and pruned + 2:4, each loaded with sparsec.load and replayed as one CUDA
+    graph, checked against its own reference. Writes BENCHMARKS.md `e2e` records (rewritten after
+    every variant), a table, a bar chart and, with accuracy results, the stages figure.
 
     Example:
-      sparsec bench --models resnet50 --batches 1,256 --prune-ratio 0.3
+      sparsec bench --models resnet50 --batches 1,32,256 --dtypes fp16,bf16 --inductor-modes default,max-autotune
     """
-    from sparsec.errors import UsageError
-
-    unknown = sorted(set(variants.split(",")) - set(_VARIANTS.split(",")))
-    if unknown:
-        raise UsageError(f"unknown --variants {', '.join(unknown)}", expected=f"some of {_VARIANTS}")
     from sparsec.backends.bench import main
 
-    argv = ["--models", models, "--batches", batches, "--prune-ratio", str(prune_ratio), "--variants", variants,
-            "--inductor-mode", inductor_mode, "--repeats", str(repeats), "--iters", str(iters),
-            "--warmup", str(warmup), "--out-dir", out_dir]
-    main(argv + (["--tag", tag] if tag else []))
+    argv = []
+    for key, value in opts.items():
+        if value is not None and value != "":
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+    main(argv)

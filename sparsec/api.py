@@ -70,7 +70,7 @@ def resolve_backend(target):
             where=f"target '{target.name}' ({target.description})",
             fix=f"compile for a target that works here: {', '.join(working_targets()) or '(none)'}",
         )
-    return backend
+    return backend.for_target(target)
 
 
 def working_targets() -> list[str]:
@@ -169,13 +169,22 @@ def _as_module(model, example_inputs):
                      expected="an nn.Module, a sparsec.ir.Module or a model spec string", actual=type(model).__name__)
 
 
-def load(path) -> torch.nn.Module:
+def load(path, *, cuda_graph: bool = False) -> torch.nn.Module:
     """Load a compiled artifact as a callable module (hashes and target checked).
+
+    ``cuda_graph=True`` (GPU targets): the module captures the whole program as one CUDA graph on its
+    first call per input shape and replays it after; its outputs are overwritten by the next call of
+    the same shape (see :mod:`sparsec.backends.cuda_graph`).
 
     Example:
         >>> model = sparsec.load("resnet18.sparsec")
+        >>> fast = sparsec.load("r50.sparsec", cuda_graph=True)
     """
     from sparsec.backends.artifact import load_artifact
 
     module, _ = load_artifact(path)
+    if cuda_graph:
+        from sparsec.backends.cuda_graph import CudaGraphModule
+
+        return CudaGraphModule(module)
     return module
