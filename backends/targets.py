@@ -22,6 +22,8 @@ sparse targets and to 16 on dense GPU targets (tile-friendly widths).
 
 from __future__ import annotations
 
+import dataclasses
+
 from sparsec.backends.target import SparseLimits, Target
 
 # sparsec's CUTLASS 2:4 GEMMs, 16-bit types: 16-byte alignment (8 elements), one sparse MMA step (see above).
@@ -75,12 +77,13 @@ H100_SPARSE = Target(
     round_to=32,
 )
 
-# The tvm backend (backends/tvm): TVM-generated code for the whole graph. 2:4 weights run as masked
-# dense there until sparsec's CUTLASS kernels are called from the Relax graph, so no sparse limits.
+# The tvm backend (backends/tvm): a Relax graph built by TVM. On the GPU targets the GEMMs and convs
+# are packed-function calls (sparsec's CUTLASS kernels, and cuDNN for the convs CUTLASS does not
+# take); the glue is TVM-generated. The sparse ones mirror h100-sparse / a100-sparse (same 2:4 limits).
 CPU_TVM = Target(
     name="cpu-tvm",
     backend="tvm",
-    description="TVM Relax built with llvm for this CPU (x86-64); runs with the TVM runtime alone",
+    description="TVM Relax built with llvm for this CPU (x86-64), all TVM-generated; runs with the TVM runtime alone",
     arch=None,
     dtypes=("fp32",),
     round_to=8,
@@ -89,7 +92,7 @@ CPU_TVM = Target(
 A100_TVM = Target(
     name="a100-tvm",
     backend="tvm",
-    description="NVIDIA A100 (sm_80), TVM Relax with dlight CUDA schedules, fatbin built without a GPU",
+    description="NVIDIA A100 (sm_80), TVM Relax glue + sparsec's dense CUTLASS GEMMs / cuDNN convs as packed calls",
     arch="sm_80",
     dtypes=("fp16", "fp32"),
     round_to=16,
@@ -98,10 +101,16 @@ A100_TVM = Target(
 H100_TVM = Target(
     name="h100-tvm",
     backend="tvm",
-    description="NVIDIA H100 (sm_90a), TVM Relax with dlight CUDA schedules, fatbin built without a GPU",
+    description="NVIDIA H100 (sm_90a), TVM Relax glue + sparsec's dense CUTLASS GEMMs / cuDNN convs as packed calls",
     arch="sm_90a",
     dtypes=("fp16", "fp32"),
     round_to=16,
 )
 
-ALL = (CPU, A100, A100_SPARSE, H100, H100_SPARSE, CPU_TVM, A100_TVM, H100_TVM)
+# the 2:4 ones: the dense target plus the 2:4 limits and tile-friendly pruned widths of h100-sparse / a100-sparse
+A100_SPARSE_TVM = dataclasses.replace(A100_TVM, name="a100-sparse-tvm", sparse=A100_SPARSE.sparse, round_to=32,
+                                      description=A100_TVM.description.replace("dense", "2:4"))
+H100_SPARSE_TVM = dataclasses.replace(H100_TVM, name="h100-sparse-tvm", sparse=H100_SPARSE.sparse, round_to=32,
+                                      description=H100_TVM.description.replace("dense", "2:4"))
+
+ALL = (CPU, A100, A100_SPARSE, H100, H100_SPARSE, CPU_TVM, A100_TVM, A100_SPARSE_TVM, H100_TVM, H100_SPARSE_TVM)

@@ -36,7 +36,9 @@ TARGETS = {
     "h100-sparse": "sparsec.backends.targets:H100_SPARSE",
     "cpu-tvm": "sparsec.backends.targets:CPU_TVM",
     "a100-tvm": "sparsec.backends.targets:A100_TVM",
+    "a100-sparse-tvm": "sparsec.backends.targets:A100_SPARSE_TVM",
     "h100-tvm": "sparsec.backends.targets:H100_TVM",
+    "h100-sparse-tvm": "sparsec.backends.targets:H100_SPARSE_TVM",
 }
 
 BACKENDS = {

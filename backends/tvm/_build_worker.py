@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
 
     ep = torch.export.load(req["program"])
     try:
-        info = import_and_build(ep, req["target"], Path(req["out"]))
+        info = import_and_build(ep, req["target"], Path(req["out"]), req.get("packed_convs", False))
     except SparsecError as exc:  # hand it to the parent as it is, not as a traceback
         info = {"error": {k: getattr(exc, k) for k in ("what", "where", "expected", "actual", "fix")}}
     except Exception as exc:  # TVM's own passes (dlight schedules, codegen, nvcc)

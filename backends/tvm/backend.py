@@ -1,9 +1,14 @@
-"""``TvmBackend``: the ``tvm`` backend of the ``cpu-tvm``, ``a100-tvm`` and ``h100-tvm`` targets.
+"""``TvmBackend``: the ``tvm`` backend of ``cpu-tvm`` and the GPU targets ``{a100,h100}[-sparse]-tvm``.
 
-See the package docstring for the design. ``lower`` imports the transformed
-module into Relax, builds it (a subprocess with the stub libcuda for CUDA),
-checks the library's GPU code, and returns an artifact payload: ``model.so``
-and ``params.pt``. ``load_artifact`` runs it with the TVM runtime alone.
+See the package docstring for the design. On a GPU target ``lower`` first runs
+the CUTLASS backend's lowering (:func:`lower_gemms`: the GEMMs and convs its
+kernels take become ``sparsec::gemm24`` / ``gemm_dense``), then imports the
+module into Relax (those ops, and the convs left, as packed calls), builds it
+(a subprocess with the stub libcuda for CUDA), checks the library's GPU code,
+and returns an artifact payload: ``model.so``, ``params.pt`` and, on GPU
+targets, the CUTLASS backend's ``kernels.json`` / ``tuning.json``.
+``load_artifact`` builds or loads those kernels through the kernel cache and
+runs the library with the TVM runtime alone.
 """
 
 from __future__ import annotations
@@ -37,7 +42,14 @@ class TvmBackend(Backend):
     """
 
     name = "tvm"
-    description = "TVM Relax: TVM-generated code (llvm on the CPU, dlight CUDA schedules on GPUs)"
+    description = ("TVM Relax: all TVM-generated on the CPU (llvm); on GPUs sparsec's CUTLASS GEMMs and cuDNN convs "
+                   "as packed calls, the rest dlight CUDA")
+
+    def __init__(self, target: Target | None = None) -> None:
+        self.target = target  # None: the verdicts of cpu-tvm (everything TVM-generated)
+
+    def for_target(self, target: Target) -> "TvmBackend":
+        return TvmBackend(target)
 
     def missing(self) -> str | None:
         import importlib.util
@@ -83,6 +95,10 @@ class TvmBackend(Backend):
         kernels = {k.key: k for k in custom_ops.kernel_ops()}
         if key in kernels:
             return Supported(f"packed kernel {kernels[key].packed} (relax.call_dps_packed)")
+        if self.target is not None and self.target.arch is not None:
+            routed = _gpu_route(node)
+            if routed is not None:
+                return routed
         if node.target in self._fused:
             return Supported("tvm: decomposed to its ATen reference, then fused again by TVM")
         masked = ""
@@ -98,9 +114,12 @@ class TvmBackend(Backend):
         return Unsupported(f"{name}: no Relax converter in apache-tvm 0.27 and no torch decomposition")
 
     def pipeline(self, target: Target) -> str:
+        """cpu-tvm: the default pipeline; GPU targets: the CUTLASS backend's (fold-bn, [sparsify-2-4,]
+        fuse-epilogue, to-dtype, partition), whose fused ops its lowering takes."""
+        from sparsec.backends.cutlass.backend import CutlassBackend
         from sparsec.registry import registry
 
-        return registry().get("pipeline", "default")
+        return registry().get("pipeline", "default") if target.arch is None else CutlassBackend().pipeline(target)
 
     # -- compiling ----------------------------------------------------------------------------
     def lower(self, mod, target: Target):
@@ -112,13 +131,18 @@ class TvmBackend(Backend):
 
         tvm = require_tvm()
         start = time.perf_counter()
-        imported = prepare(mod)
+        gpu = target.arch is not None
+        kernels = lower_gemms(mod, target) if gpu else None
+        imported = prepare(mod, packed_convs=gpu)
         work = tempfile.TemporaryDirectory(prefix="sparsec-tvm-")
         lib, info = build(imported, target, Path(work.name))
         fat = check_library(lib, target)
         params = Path(work.name) / PARAMS
         torch.save({"names": list(imported.param_names), "tensors": [p.cpu() for p in imported.params]}, params)
         used = {n.target.__name__ for n in mod.graph.nodes if n.op == "call_function" and hasattr(n.target, "__name__")}
+        providers = {k.provider for k in custom_ops.kernel_ops() if k.key in used}
+        if gpu and any(n.target is torch.ops.aten.convolution.default for n in imported.ep.graph.nodes):
+            providers.add(custom_ops.CONV_PROVIDER)
         section = {
             "tvm": {
                 "version": tvm.__version__,
@@ -132,12 +156,16 @@ class TvmBackend(Backend):
                 "single_output": imported.single_output,
                 "fatbin": fat,
                 "dlight_fallbacks": info.get("dlight_fallbacks", []),
-                "kernel_providers": sorted({k.provider for k in custom_ops.kernel_ops() if k.key in used}),
+                "kernel_providers": sorted(providers),
                 "build_seconds": round(time.perf_counter() - start, 2),
             }
         }
-        return Lowered(module=mod, backend=self.name, files={LIBRARY: lib, PARAMS: params}, section=section,
-                       store_program=False, workdir=work)
+        files = {LIBRARY: lib, PARAMS: params}
+        if kernels is not None:  # the CUTLASS lowering's kernel table and tuning DB, and its section
+            files.update(kernels.files)
+            section["cutlass"] = kernels.section
+        return Lowered(module=mod, backend=self.name, files=files, section=section, store_program=False,
+                       workdir=(work, kernels.workdir if kernels is not None else None))
 
     # -- loading ------------------------------------------------------------------------------
     def check_loadable(self, summary: dict) -> None:
@@ -168,6 +196,14 @@ class TvmBackend(Backend):
         from sparsec.ir.meta import parse_dtype
 
         sec = manifest["payload"]["tvm"]
+        kernels = manifest["payload"].get("cutlass", {}).get("kernels", [])
+        if kernels:  # build (kernel cache miss) or load the CUTLASS kernels before the first call
+            from sparsec._builtins import load_op_libraries
+            from sparsec.backends.cutlass import runtime
+            from sparsec.backends.cutlass.config import KernelConfig
+
+            load_op_libraries()
+            runtime.preload([KernelConfig.from_name(n) for n in kernels])
         saved = torch.load(str(path / sec["params"]), map_location="cpu", weights_only=True)
         if saved.get("names") != sec["param_names"]:
             raise ArtifactError(f"the weights in '{path / sec['params']}' are not the ones the library takes",
@@ -176,6 +212,42 @@ class TvmBackend(Backend):
         return TvmModule(path / sec["library"], saved["tensors"], device=sec["device"], inputs=inputs,
                          single_output=sec["single_output"], providers=sec.get("kernel_providers", ()),
                          artifact=path)
+
+
+def lower_gemms(mod, target: Target):
+    """The CUTLASS half of a GPU tvm target: its lowering, on the nodes the CUTLASS backend takes.
+
+    Every node ``CutlassBackend.support`` accepts (fp16/bf16 linears and convs its kernels run;
+    dense kxk convs stay out unless ``SPARSEC_CUTLASS_KXK=all``) is assigned to ``cutlass`` and
+    rewritten by ``CutlassBackend.lower`` into ``sparsec::gemm24`` / ``gemm_dense`` calls, in place.
+    Returns that backend's ``Lowered`` (``kernels.json``, ``tuning.json`` and its manifest section).
+    Needs torch only (no TVM): the GPU host rebuilds stripped weights with it.
+    """
+    from sparsec.backends.cutlass.backend import CutlassBackend
+    from sparsec.ir import meta as M
+
+    cutlass = CutlassBackend()
+    for node in mod.graph.nodes:
+        if node.op == "call_function" and cutlass.support(node):
+            M.put(node, M.BackendAssignment(cutlass.name))
+    return cutlass.lower(mod, target)
+
+
+def _gpu_route(node: fx.Node) -> Supported | None:
+    """Where a GEMM/conv of a GPU tvm target runs: a CUTLASS kernel, or cuDNN through sparsec.conv2d."""
+    from sparsec.backends.cutlass import lowering
+    from sparsec.backends.cutlass.backend import CutlassBackend
+    from sparsec.ir import ops
+    from sparsec.passes.fusion import ops as F
+
+    verdict = CutlassBackend().support(node)
+    if verdict:
+        p = lowering.plan(node)
+        return Supported(f"cutlass: sparsec.gemm24/gemm_dense kernel ({p.kind}), relax.call_dps_packed")
+    if node.target in ops.CONV or node.target in (F.fused_conv2d, F.conv2d_pool):
+        epi = "epilogue, pooling" if node.target in (F.fused_conv2d, F.conv2d_pool) else "bias"
+        return Supported(f"cudnn: packed sparsec.conv2d, {epi} TVM-generated; not CUTLASS: {verdict.reason}")
+    return None
 
 
 class _Input(NamedTuple):

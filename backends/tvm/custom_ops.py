@@ -20,6 +20,17 @@ Two mechanisms, both applied by :func:`sparsec.backends.tvm.lowering.to_relax`:
 ``sparsec::gemm24`` and ``sparsec::gemm_dense`` (the CUTLASS lowering's ops)
 are built in, provided by :mod:`.cutlass_kernels`.
 
+Two ATen converters complete the GPU path (``custom_convert_map(packed_convs=True)``):
+
+* ``convolution.default`` -> ``call_dps_packed("sparsec.conv2d" | "sparsec.conv2d_nhwc", ...)``
+  (:mod:`.conv_kernels`: cuDNN, writing into the VM's buffer) and a TVM-generated bias add:
+  the convs the CUTLASS lowering keeps (dense kxk, depthwise, grouped, the stem). A conv whose input is
+  ``permute(t, [0, 3, 1, 2])`` of an NHWC tensor (a lowered GEMM's output) takes ``t`` as is
+  and returns NHWC, then a ``permute_dims`` back, so the NHWC chains the lowering builds stay
+  NHWC and TVM fuses the permutes into the neighbouring elementwise kernels.
+* ``unfold.default`` (the NHWC im2col of the 2:4 kxk convs) -> ``size`` strided slices
+  stacked on a new last axis: plain Relax, one fused TVM kernel with the permute and reshape.
+
 Example:
     >>> register_kernel_op(KernelOp("mylib::fast_gemm.default", "mylib.fast_gemm", provider="mylib.tvm_kernels"))
 """
@@ -76,9 +87,16 @@ def kernel_ops() -> tuple[KernelOp, ...]:
     return tuple({**_BUILTIN, **_KERNEL_OPS}.values())
 
 
-def custom_convert_map() -> dict[str, Callable]:
-    """The Relax importer's ``custom_convert_map``: 16-bit-safe GEMM/conv converters, then the kernel ops."""
-    table: dict[str, Callable] = {"convolution.default": _convolution, "addmm.default": _addmm}
+CONV_PROVIDER = "sparsec.backends.tvm.conv_kernels"
+
+
+def custom_convert_map(packed_convs: bool = False) -> dict[str, Callable]:
+    """The Relax importer's ``custom_convert_map``: 16-bit-safe GEMM/conv converters, unfold, the kernel ops.
+
+    ``packed_convs``: 2-D convs become packed cuDNN calls (the GPU targets) instead of Relax conv2d.
+    """
+    conv = _packed_convolution if packed_convs else _convolution
+    table: dict[str, Callable] = {"convolution.default": conv, "addmm.default": _addmm, "unfold.default": _unfold}
     table.update({k.key: _dps_converter(k) for k in kernel_ops()})
     return table
 
@@ -117,6 +135,45 @@ def _addmm(node, importer) -> Any:
     return bb.emit(relax.op.add(bias, y))  # bias + x @ w
 
 
+def _packed_convolution(node, importer) -> Any:
+    """A 2-D conv as ``sparsec.conv2d`` (NCHW) or, on a permuted NHWC input, ``sparsec.conv2d_nhwc``."""
+    import torch
+    from tvm import relax
+
+    a = importer.retrieve_args(node)
+    x, w, bias = a[0], a[1], a[2] if len(a) > 2 else None
+    transposed = a[6] if len(a) > 6 else False
+    if transposed or x.ty.ndim != 4:
+        return _convolution(node, importer)
+    src = node.args[0]
+    nhwc = (isinstance(src, torch.fx.Node) and src.op == "call_function" and src.target is torch.ops.aten.permute.default
+            and list(src.args[1]) == [0, 3, 1, 2])
+    n, c, h, wd = (int(d) for d in node.meta["val"].shape)
+    dtype = importer._convert_data_type(node.meta["val"].dtype)
+    args = [importer.env[src.args[0]] if nhwc else x, w] + [_relax_arg(v, importer) for v in (*a[3:6], a[8])]
+    bb = importer.block_builder
+    if nhwc:
+        y = bb.emit(relax.call_dps_packed("sparsec.conv2d_nhwc", args, out_ty=relax.TensorType([n, h, wd, c], dtype)))
+    else:
+        y = bb.emit(relax.call_dps_packed("sparsec.conv2d", args, out_ty=relax.TensorType([n, c, h, wd], dtype)))
+    if bias is not None:  # cuDNN convs take no bias: TVM adds it, fused with what follows
+        y = bb.emit(relax.op.add(y, relax.op.reshape(bias, (1, 1, 1, c) if nhwc else (1, c, 1, 1))))
+    return bb.emit(relax.op.permute_dims(y, [0, 3, 1, 2])) if nhwc else y  # NCHW view, fused away by TVM
+
+
+def _unfold(node, importer) -> Any:
+    """aten.unfold(x, dim, size, step): ``size`` strided slices along ``dim``, stacked on a new last axis."""
+    from tvm import relax
+
+    x, dim, size, step = importer.retrieve_args(node)[:4]
+    dim = dim % x.ty.ndim
+    windows = (int(x.ty.shape[dim]) - size) // step + 1
+    bb = importer.block_builder
+    taps = [bb.emit(relax.op.strided_slice(x, [dim], [i], [i + step * (windows - 1) + 1], [step]))
+            for i in range(size)]  # taps[i][..., j, ...] = x[..., i + j*step, ...]
+    return bb.emit(relax.op.stack(taps, axis=x.ty.ndim))
+
+
 def _dps_converter(kop: KernelOp) -> Callable:
     def convert(node, importer) -> Any:
         import torch
@@ -147,6 +204,8 @@ def _relax_arg(a: Any, importer) -> Any:
         return prim_value(a)  # 0.27: scalars are PrimExprs (IntImm/FloatImm), no relax.PrimValue
     if isinstance(a, str):
         return tvm.ir.StringImm(a)
+    if isinstance(a, (list, tuple)) and all(isinstance(v, int) for v in a):
+        return relax.ShapeExpr([int(v) for v in a])  # int lists (stride, padding): a tvm_ffi.Shape in the callee
     raise TypeError(f"cannot pass {type(a).__name__} {a!r} to a packed kernel")
 
 

@@ -9,12 +9,20 @@ runs: the CUTLASS kernels on CUDA tensors (on torch's current stream, which
 is the VM's, see :mod:`.runtime`), the reference kernels on the CPU. An
 absent optional tensor (bias, residual, scale) travels as a 0-element tensor.
 
-This is a Python hop per GEMM (tens of microseconds). The fast form is the
-kernels exported as ``TVM_FFI_DLL_EXPORT_TYPED_FUNC`` symbols and linked
-into the module: not done.
+On CUDA the kernel writes straight into the VM's ``out`` when the layer needs
+no row padding (Cout a multiple of 8 on sm_90a: every ResNet/MobileNet/
+EfficientNet layer); otherwise, and on sm_80 (whose 2:4 and fused-residual
+paths finish the epilogue in PyTorch) and the CPU, the op's result is copied
+into ``out``.
+
+This is a Python hop per GEMM (tens of microseconds of CPU time, hidden
+behind the GPU at large batch). The fast form is the kernels exported as
+``TVM_FFI_DLL_EXPORT_TYPED_FUNC`` symbols and linked into the module: not done.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import tvm_ffi
@@ -42,13 +50,44 @@ def _ops():
     return torch.ops.sparsec
 
 
+@functools.lru_cache(maxsize=None)
+def _kernel(cfg_name: str):
+    """(config, loaded kernel) of a config name: parsed and looked up once, not per call."""
+    from sparsec.backends.cutlass import runtime
+    from sparsec.backends.cutlass.config import KernelConfig
+
+    cfg = KernelConfig.from_name(cfg_name)
+    return cfg, runtime.load(cfg)
+
+
+def _direct(cfg_name: str, x: torch.Tensor, a, e, kp: int, mp: int, m: int, bias, residual, scale, out) -> bool:
+    """Launch the kernel with ``out`` as its D operand (as ``runtime._run`` does with its own output); False
+    where that does not apply (CPU, sm_80, padded rows, another dtype): the caller then runs the op."""
+    if not x.is_cuda or cfg_name.startswith("sm80") or mp != m or x.dtype != a.dtype or x.dtype != out.dtype:
+        return False
+    cfg, kernel = _kernel(cfg_name)
+    x2 = x.reshape(-1, x.shape[-1])
+    x2 = (x2 if x2.shape[-1] == kp else torch.nn.functional.pad(x2, (0, kp - x2.shape[-1]))).contiguous()
+    n = x2.shape[0]
+    bias = None if bias is None else bias.to(x.dtype).contiguous()
+    scale = None if scale is None else scale.float().contiguous()
+    residual = None if residual is None else residual.reshape(n, m).to(x.dtype).contiguous()
+    if n:
+        kernel(a, e, x2, out.view(n, m), residual, bias, scale, mp, n, kp, cfg.swizzle)
+    return True
+
+
 @tvm_ffi.register_global_func("sparsec.gemm24", override=True)
 def gemm24(x, values, meta, bias, residual, scale, config, m, out) -> None:
-    y = _ops().gemm24(_t(x), _t(values), _t(meta), _opt(bias), _opt(residual), _opt(scale), str(config), int(m))
-    _t(out).copy_(y)
+    x, values, meta, out = _t(x), _t(values), _t(meta), _t(out)
+    bias, residual, scale, config, m = _opt(bias), _opt(residual), _opt(scale), str(config), int(m)
+    if not _direct(config, x, values, meta, values.shape[1] * 2, values.shape[0], m, bias, residual, scale, out):
+        out.copy_(_ops().gemm24(x, values, meta, bias, residual, scale, config, m))
 
 
 @tvm_ffi.register_global_func("sparsec.gemm_dense", override=True)
 def gemm_dense(x, weight, bias, residual, scale, config, m, out) -> None:
-    y = _ops().gemm_dense(_t(x), _t(weight), _opt(bias), _opt(residual), _opt(scale), str(config), int(m))
-    _t(out).copy_(y)
+    x, weight, out = _t(x), _t(weight), _t(out)
+    bias, residual, scale, config, m = _opt(bias), _opt(residual), _opt(scale), str(config), int(m)
+    if not _direct(config, x, weight, None, weight.shape[1], weight.shape[0], m, bias, residual, scale, out):
+        out.copy_(_ops().gemm_dense(x, weight, bias, residual, scale, config, m))

@@ -2,9 +2,11 @@
 
 Steps (:func:`prepare`, then :func:`build`):
 
-1. Re-export the transformed graph (``Module.export``) and run torch's
-   decompositions on it, with sparsec's fused ops (``sparsec::fused_conv2d``
-   and friends) decomposed to their ATen references (:mod:`.custom_ops`).
+1. Re-export the transformed graph (``Module.export``, its buffers -- the
+   CUTLASS lowering's packed weights among them -- made parameters so they
+   stay out of the library) and run torch's decompositions on it, with
+   sparsec's fused ops (``sparsec::fused_conv2d`` and friends) decomposed
+   to their ATen references (:mod:`.custom_ops`).
 2. Check every op against the Relax importer's converters (and the custom
    ones): an op Relax cannot import fails *here*, naming the op and the node,
    instead of deep inside TVM.
@@ -22,6 +24,7 @@ CUDA source instead of a fatbin. :mod:`.fatbin` checks the result.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -72,6 +75,7 @@ class Prepared:
     params: tuple[torch.Tensor, ...]
     num_inputs: int
     single_output: bool  # the model returns one tensor, not a tuple
+    packed_convs: bool = False  # 2-D convs as sparsec.conv2d packed calls (GPU targets), not Relax conv2d
 
 
 def supported_ops() -> frozenset[str]:
@@ -101,9 +105,31 @@ def _key(target) -> str:
     return getattr(target, "__name__", str(target))
 
 
-def prepare(mod) -> Prepared:
+def exported(mod) -> torch.export.ExportedProgram:
+    """``mod`` re-exported and decomposed for the importer, every buffer made a parameter.
+
+    The importer binds buffers into the library as constants and keeps only parameters as
+    inputs (``keep_params_as_input``); the packed CUTLASS weights are buffers. A parameter keeps
+    its buffer's dotted name, so ``named_buffers()`` of the lowered module finds it again.
+    """
+    tensors = [*mod.gm.parameters(), *mod.gm.buffers()]
+    gm = copy.deepcopy(mod.gm, memo={id(t): t for t in tensors})  # new modules, the same tensors
+    for name, buf in list(gm.named_buffers()):
+        *path, leaf = name.split(".")
+        owner = gm.get_submodule(".".join(path))
+        del owner._buffers[leaf]
+        owner.register_parameter(leaf, torch.nn.Parameter(buf, requires_grad=False))
+    return decomposed(type(mod)(gm, mod.example_inputs, name=mod.name, dynamic_shapes=mod.dynamic_shapes).export())
+
+
+def weights(ep: torch.export.ExportedProgram) -> dict[str, torch.Tensor]:
+    """The parameters ``main`` takes after the user inputs, by name, in that order."""
+    return {name: ep.state_dict[name].detach().contiguous() for name, _ in ep.named_parameters()}
+
+
+def prepare(mod, packed_convs: bool = False) -> Prepared:
     """Re-export and decompose ``mod``; a TargetError naming every op Relax cannot import."""
-    ep = decomposed(mod.export())
+    ep = exported(mod)
     bad = unsupported_nodes(ep, supported_ops())
     if bad:
         ops = sorted({_op_text(n.target) for n in bad})
@@ -115,15 +141,14 @@ def prepare(mod) -> Prepared:
             fix="compile for a target whose backend runs this op (sparsec targets), or rewrite the model "
                 "without it; `sparsec inspect SPEC --target cpu-tvm` shows every node's verdict",
         )
-    names = tuple(name for name, _ in ep.named_parameters())
-    params = tuple(ep.state_dict[name].detach().contiguous() for name in names)
+    params = weights(ep)
     user = [s for s in ep.graph_signature.input_specs if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
     out_spec = ep.call_spec.out_spec
     single = out_spec is not None and out_spec.num_leaves == 1 and out_spec.num_children == 0
-    return Prepared(ep, names, params, len(user), single)
+    return Prepared(ep, tuple(params), tuple(params.values()), len(user), single, packed_convs)
 
 
-def import_and_build(ep: torch.export.ExportedProgram, spec: dict, out: Path) -> dict:
+def import_and_build(ep: torch.export.ExportedProgram, spec: dict, out: Path, packed_convs: bool = False) -> dict:
     """Relax import (weights kept as parameters), ``tvm.compile`` under ``with target:``, export.
 
     Runs in this process for llvm and in the build worker for CUDA. Returns
@@ -137,7 +162,7 @@ def import_and_build(ep: torch.export.ExportedProgram, spec: dict, out: Path) ->
 
     try:
         rmod = from_exported_program(ep, keep_params_as_input=True, run_ep_decomposition=False,
-                                     custom_convert_map=custom_convert_map() or None)
+                                     custom_convert_map=custom_convert_map(packed_convs))
     except Exception as exc:
         raise TargetError(
             "TVM's Relax importer failed on the transformed graph",
@@ -218,7 +243,10 @@ def build(prepared: Prepared, target, out_dir: Path) -> tuple[Path, dict]:
     """
     spec = target_spec(target)
     out = Path(out_dir) / LIBRARY
-    info = import_and_build(prepared.ep, spec, out) if spec["kind"] == "llvm" else _build_cuda(prepared.ep, spec, out)
+    if spec["kind"] == "llvm":
+        info = import_and_build(prepared.ep, spec, out, prepared.packed_convs)
+    else:
+        info = _build_cuda(prepared.ep, spec, out, prepared.packed_convs)
     shapes = [list(p.shape) for p in prepared.params]
     if info["num_inputs"] != prepared.num_inputs or info["param_shapes"] != shapes:
         raise TargetError(
@@ -230,7 +258,7 @@ def build(prepared: Prepared, target, out_dir: Path) -> tuple[Path, dict]:
     return out, info
 
 
-def _build_cuda(ep: torch.export.ExportedProgram, spec: dict, out: Path) -> dict:
+def _build_cuda(ep: torch.export.ExportedProgram, spec: dict, out: Path, packed_convs: bool) -> dict:
     from sparsec import knobs
     from sparsec.backends.tvm.custom_ops import kernel_ops
     from sparsec.backends.tvm.stub import stub_dir
@@ -240,7 +268,7 @@ def _build_cuda(ep: torch.export.ExportedProgram, spec: dict, out: Path) -> dict
     torch.export.save(ep, str(program))
     request.write_text(json.dumps({
         "program": str(program), "target": spec, "out": str(out), "reply": str(reply),
-        "kernel_ops": [dataclasses.asdict(k) for k in kernel_ops()],
+        "kernel_ops": [dataclasses.asdict(k) for k in kernel_ops()], "packed_convs": packed_convs,
     }))
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(stub_dir()), env.get("LD_LIBRARY_PATH", "")) if p)

@@ -16,6 +16,8 @@ import pytest
 import torch
 from torch import nn
 
+from .prebuilt import live_bn  # noqa: F401 - random BatchNorm statistics, shared with the prebuilt nets
+
 
 def _tvm_or_skip():
     try:
@@ -41,20 +43,6 @@ def nvcc():
     if not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler for the stub libcuda")
     return path
-
-
-def live_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics and affine terms, so activations neither vanish nor explode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=gen) * 0.5 + 0.75)
-                m.weight.copy_(torch.rand(c, generator=gen) * 0.5 + 0.75)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
-    return model.eval()
 
 
 class SmallNet(nn.Module):

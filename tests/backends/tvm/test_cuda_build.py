@@ -88,4 +88,27 @@ def test_cli_compile_h100_tvm_on_a_cpu_machine(tvm, nvcc, small_net, tmp_path):
     doc = json.loads(res.stdout)
     verdicts = [n["support"] for n in doc["nodes"] if n.get("support")]
     assert verdicts and all(v["supported"] for v in verdicts)
-    assert any("tvm: Relax converter conv2d.default" in v["reason"] for v in verdicts)
+    assert any("cudnn: packed sparsec.conv2d" in v["reason"] for v in verdicts)  # fp32: no CUTLASS kernel
+
+
+def test_gpu_targets_call_cutlass_kernels_and_cudnn(tvm, nvcc, tmp_path):
+    """h100-tvm / h100-sparse-tvm: GEMMs as packed CUTLASS calls, the other convs as packed cuDNN calls,
+    the kernels listed for preloading, a fatbin for the glue and no CUDA source (prebuilt.py builds them)."""
+    from .prebuilt import build_prebuilt
+
+    for path in build_prebuilt(tmp_path):
+        payload = json.loads((path / "manifest.json").read_text())["payload"]
+        sparse = "-sparse-" in path.name
+        assert payload["files"] == ["kernels.json", "model.so", "params.pt", "tuning.json"]
+        layers = {r["node"]: (r["kind"], r["sparse"]) for r in payload["cutlass"]["layers"]}
+        assert sorted(k for k, _ in layers.values()) == (["conv-im2col"] if sparse else []) + ["conv1x1", "conv1x1", "linear"]
+        assert all(s == sparse for _, s in layers.values())
+        kernels = json.loads((path / "kernels.json").read_text())["kernels"]
+        assert sorted(kernels) == payload["cutlass"]["kernels"] and all(k.startswith("sm90a_fp16_") for k in kernels)
+        assert payload["tvm"]["kernel_providers"] == ["sparsec.backends.tvm.conv_kernels",
+                                                      "sparsec.backends.tvm.cutlass_kernels"]
+        lib = (path / "model.so").read_bytes()
+        gemm = b"sparsec.gemm24" if sparse else b"sparsec.gemm_dense"
+        assert gemm in lib and b"sparsec.conv2d_nhwc" in lib  # the VM's packed-call table
+        report = fatbin.scan(lib)
+        assert report.archs == ("sm_90a",) and not report.cuda_source and b"__global__" not in lib

@@ -1,7 +1,8 @@
 """On a CUDA GPU: a *-tvm artifact built here runs with the TVM runtime and matches PyTorch eager.
 
-The same check at full size (ResNet-50, MobileNetV2, EfficientNet-B0, fp16, batch 8 at 224) is
-benchmarks/tvm_bench.py, run on the device machine (benchmarks/results/tvm_h100.json).
+Needs the TVM compiler beside the GPU; the GPU host has only the runtime, so there
+test_gpu_prebuilt.py runs artifacts built on the CPU machine instead, and the same check at full size
+(ResNet-50 and friends, fp16) is `sparsec bench`'s tvm variants (benchmarks/tvm_device_run.sh).
 """
 
 from __future__ import annotations

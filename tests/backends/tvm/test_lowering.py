@@ -182,7 +182,7 @@ def test_inspect_support_column(tvm):
         report = inspect_view.build(mod, backend=inspect_view.backend_for(target), target=target)
         verdict = {r.name: (r.supported, r.reason) for r in report.rows if r.supported is not None}
         conv = next(v for k, v in verdict.items() if k.startswith("conv"))
-        assert conv[0] is True and "tvm:" in conv[1]
+        assert conv[0] is True and ("tvm:" if target == "cpu-tvm" else "cudnn: packed sparsec.conv2d") in conv[1]
         assert verdict["lgamma"][0] is False and "no Relax converter" in verdict["lgamma"][1]
         assert report.backend == "tvm" and not report.declared
 
@@ -191,8 +191,7 @@ def test_cutlass_gemm_ops_run_as_packed_kernels(tvm, tmp_path):
     """A graph after the CUTLASS lowering (sparsec::gemm24 / gemm_dense) runs in TVM through call_dps_packed.
 
     On the CPU the packed functions reach the ops' reference kernels; on a GPU the same calls reach
-    the CUTLASS kernels. 1x1 convs and a linear only: the lowering's im2col for kxk convs uses
-    aten.unfold, which Relax cannot import (that error is checked too).
+    the CUTLASS kernels. A kxk conv's NHWC im2col (aten.unfold) imports as strided slices.
     """
     from sparsec.backends.cutlass.lowering import lower_reference
 
@@ -219,8 +218,72 @@ def test_cutlass_gemm_ops_run_as_packed_kernels(tvm, tmp_path):
         x2 = torch.randn(2, 16, 8, 8)
         assert rel_err(model(x2), mod(x2)) < 1e-5
 
-    conv = sparsec.trace(nn.Sequential(nn.Conv2d(16, 16, 3, padding=1)).eval(), (x,))
-    lower_reference(conv)
+    conv = sparsec.trace(nn.Sequential(nn.Conv2d(16, 16, 3, stride=2, padding=1)).eval(), (x,))
+    ref = conv.clone()
+    assert [r["kind"] for r in lower_reference(conv)] == ["conv-im2col"]
     conv.recompile()
-    with pytest.raises(TargetError, match=r"cannot take aten\.unfold\.default"):
-        sparsec.compile(conv, target="cpu-tvm", pipeline="dce")
+    assert any(n.target is torch.ops.aten.unfold.default for n in conv.graph.nodes)
+    model = sparsec.load(sparsec.compile(conv, target="cpu-tvm", pipeline="dce", output=str(tmp_path / "k.sparsec")).artifact)
+    x2 = torch.randn(2, 16, 8, 8)
+    y = model(x2)
+    assert y.shape == (2, 16, 4, 4) and rel_err(y, ref(x2)) < 1e-5
+
+
+def _gemmnet_for(target: str):
+    from sparsec.api import resolve_backend, resolve_target
+    from sparsec.passes.manager import PassContext, PassManager
+
+    from .prebuilt import SHAPE, make_net
+
+    tgt = resolve_target(target)
+    mod = sparsec.trace(make_net(), (torch.randn(*SHAPE),))
+    PassManager.parse(resolve_backend(tgt).pipeline(tgt)).run(mod, PassContext(target=tgt))
+    return mod
+
+
+def test_inspect_shows_cutlass_cudnn_and_tvm_nodes(tvm):
+    """inspect --target h100-tvm: which nodes run as CUTLASS kernels, which as cuDNN, which TVM generates."""
+    from sparsec.cli import inspect_view
+
+    mod = _gemmnet_for("h100-tvm")
+    for target, cutlass in (("h100-tvm", True), ("cpu-tvm", False)):
+        report = inspect_view.build(mod, backend=inspect_view.backend_for(target), target=target)
+        verdict = {r.name: r.reason for r in report.rows if r.supported}
+        route = {name: reason.removeprefix("yes (").split(":")[0] for name, reason in verdict.items()}
+        fused = sorted(n for n in verdict if n.startswith("fused_conv2d"))
+        assert len(fused) == 5 and "linear" in verdict and "mean" in verdict
+        if cutlass:  # fused_conv2d: stem, expand, kxk, project, dw
+            assert [route[n] for n in fused] == ["cudnn", "cutlass", "cudnn", "cutlass", "cudnn"]
+            assert route["linear"] == "cutlass" and route["mean"] == "tvm"
+            assert "dense kxk conv" in verdict[fused[2]] and "depthwise" in verdict[fused[4]]
+        else:
+            assert set(route.values()) == {"tvm"}
+
+
+def test_packed_gemms_and_convs_run_on_the_cpu(tvm, tmp_path):
+    """The GPU targets' routes in an llvm build: CUTLASS ops (CPU reference kernels, 2:4 and dense, im2col)
+    and convs as packed torch convs (NCHW and NHWC), called by the TVM VM on CPU tensors, match the graph."""
+    from sparsec.backends.cutlass.lowering import lower_reference
+    from sparsec.backends.tvm import custom_ops
+    from sparsec.backends.tvm.lowering import build, prepare
+    from sparsec.backends.tvm.runtime import TvmModule
+    from sparsec.registry import registry
+
+    from .prebuilt import SHAPE, make_net
+
+    mod = sparsec.trace(make_net(), (torch.randn(*SHAPE),))
+    sparsec.PassManager.parse("canonicalize,fold-bn,dce,sparsify-2-4{cost-model=off},fuse-epilogue,dce").run(mod)
+    ref = mod.clone()
+    kinds = sorted((r["kind"], r["sparse"]) for r in lower_reference(mod))
+    assert ("conv-im2col", True) in kinds and ("conv1x1", True) in kinds and ("linear", True) in kinds
+    prepared = prepare(mod, packed_convs=True)
+    lib, _ = build(prepared, registry().get("target", "cpu-tvm"), tmp_path)
+    data = lib.read_bytes()
+    assert all(name in data for name in (b"sparsec.gemm24", b"sparsec.conv2d_nhwc"))
+    model = TvmModule(lib, prepared.params, device="cpu", inputs=(), single_output=True,
+                      providers=("sparsec.backends.tvm.cutlass_kernels", custom_ops.CONV_PROVIDER))
+    for _ in range(2):
+        x = torch.randn(*SHAPE)
+        y, want = model(x), ref(x)
+        assert y.shape == want.shape == (SHAPE[0], 16) and y.dtype == want.dtype
+        assert rel_err(y, want) < 1e-5
