@@ -27,6 +27,7 @@ import functools
 import torch
 import tvm_ffi
 
+from sparsec import knobs
 from sparsec.backends.tvm.custom_ops import KernelOp
 
 OPS = (
@@ -63,7 +64,7 @@ def _kernel(cfg_name: str):
 def _direct(cfg_name: str, x: torch.Tensor, a, e, kp: int, mp: int, m: int, bias, residual, scale, out) -> bool:
     """Launch the kernel with ``out`` as its D operand (as ``runtime._run`` does with its own output); False
     where that does not apply (CPU, sm_80, padded rows, another dtype): the caller then runs the op."""
-    if not x.is_cuda or cfg_name.startswith("sm80") or mp != m or x.dtype != a.dtype or x.dtype != out.dtype:
+    if not knobs.get("tvm_gemm_direct") or not x.is_cuda or cfg_name.startswith("sm80") or mp != m or x.dtype != a.dtype or x.dtype != out.dtype:
         return False
     cfg, kernel = _kernel(cfg_name)
     x2 = x.reshape(-1, x.shape[-1])
