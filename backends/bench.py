@@ -275,7 +275,9 @@ def sparsec_variant(model, batch: int, target: str, prune_ratio: float | None, w
     ref = mod.clone()
     t1 = time.perf_counter()
     lowered = backend.lower(mod, tgt)
-    path = write_artifact(workdir / f"{target}-{dtype}-{prune_ratio}-{batch}.sparsec", lowered, target=tgt,
+    # a fresh folder per compile: the same (target, dtype, ratio, batch) recurs across models and memprobe steps
+    where = Path(tempfile.mkdtemp(dir=workdir, prefix=f"{type(model).__name__}-{target}-{dtype}-{prune_ratio}-{batch}-"))
+    path = write_artifact(where / "model.sparsec", lowered, target=tgt,
                           pipeline=str(pm), records=records)
     loaded = sparsec.load(path)
     compile_s = (t_clone - t0) + (time.perf_counter() - t1)

@@ -97,6 +97,7 @@ def custom_convert_map(packed_convs: bool = False) -> dict[str, Callable]:
     """
     conv = _packed_convolution if packed_convs else _convolution
     table: dict[str, Callable] = {"convolution.default": conv, "addmm.default": _addmm, "unfold.default": _unfold}
+    table.update({op: _fp32_accumulating(method) for op, method in _REDUCTIONS.items()})
     table.update({k.key: _dps_converter(k) for k in kernel_ops()})
     return table
 
@@ -121,6 +122,32 @@ def _convolution(node, importer) -> Any:
     if bias is None:
         return y
     return bb.emit(relax.op.add(y, relax.op.reshape(bias, (1, -1, 1, 1))))  # y + bias[None, :, None, None]
+
+
+# TVM 0.27 sums a 16-bit mean / average pool in the input's dtype: ResNet-50's global pool (49 values of
+# up to a few thousand, fp16) overflows to inf, where torch accumulates in fp32. These run TVM's own
+# converter on an fp32 copy of the input and round the result back (TVM fuses both casts into the pool).
+_REDUCTIONS = {"mean.dim": "_mean", "adaptive_avg_pool2d.default": "_adaptive_avg_pool2d",
+               "avg_pool2d.default": "_avg_pool2d"}
+
+
+def _fp32_accumulating(method: str) -> Callable:
+    def convert(node, importer) -> Any:
+        from tvm import relax
+
+        src = node.args[0]
+        x = importer.env[src]
+        if x.ty.dtype not in ("float16", "bfloat16"):
+            return getattr(importer, method)(node)
+        bb = importer.block_builder
+        importer.env[src] = bb.emit(relax.op.astype(x, "float32"))
+        try:
+            y = getattr(importer, method)(node)
+        finally:
+            importer.env[src] = x
+        return bb.emit(relax.op.astype(y, x.ty.dtype))
+
+    return convert
 
 
 def _addmm(node, importer) -> Any:

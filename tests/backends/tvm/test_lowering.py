@@ -287,3 +287,19 @@ def test_packed_gemms_and_convs_run_on_the_cpu(tvm, tmp_path):
         y, want = model(x), ref(x)
         assert y.shape == want.shape == (SHAPE[0], 16) and y.dtype == want.dtype
         assert rel_err(y, want) < 1e-5
+
+
+class _Pools(nn.Module):
+    def forward(self, x):
+        return torch.cat([nn.functional.adaptive_avg_pool2d(x, 1).flatten(1), x.mean(dim=(2, 3)),
+                          nn.functional.avg_pool2d(x, 7).flatten(1)], 1)
+
+
+def test_16_bit_pools_and_means_accumulate_in_fp32(tvm, tmp_path):
+    """fp16 activations of a few thousand (ResNet-50's last block): a 49-value sum overflows fp16 (65504)."""
+    x = (torch.rand(2, 8, 7, 7) * 1000 + 2500).half()
+    res = _compile(_Pools(), x, tmp_path, pipeline="canonicalize,dce,to-dtype{dtype=fp16}")
+    y = sparsec.load(res.artifact)(x)
+    ref = _Pools()(x.float())
+    assert torch.isfinite(y).all()
+    assert rel_err(y.float(), ref) < 1e-3
