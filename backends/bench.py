@@ -645,13 +645,23 @@ def plot(records, path: Path) -> None:
 def stage_rows(records, accuracy: dict, model: str) -> tuple[list[dict], dict | None]:
     """Per accuracy stage of ``model``: top-1 mean/std (accuracy summary) beside the latency and throughput of the
     variant that runs it (:data:`STAGE_VARIANT`), at the largest batch measured, fp16 if measured; and that key."""
-    summary = [s for s in accuracy.get("summary", []) if s.get("model") == model and s.get("stage") in STAGE_VARIANT]
     mine = [r for r in records if r["model"] == model]
-    if not summary or not mine:
+    if not mine:
         return [], None
     dtype = "fp16" if any(r["dtype"] == "fp16" for r in mine) else mine[0]["dtype"]
     batch = max(r["batch"] for r in mine if r["dtype"] == dtype)
     by_variant = {r["variant"]: r for r in mine if (r["dtype"], r["batch"]) == (dtype, batch)}
+    # the accuracy of the channel ratio the pruned variants ran at: the base stages, or the extra-ratio
+    # stages ``pruned-ft@0.5`` of benchmarks/accuracy/run.py when the bench ran another ratio
+    ratio = next((r["prune_ratio"] for r in by_variant.values() if r.get("prune_ratio")), None)
+    base = next((r.get("channel_ratio") for r in accuracy.get("records", [])
+                 if r.get("model") == model and r.get("stage") == "pruned"), None)
+    suffix = f"@{ratio:g}" if ratio is not None and base is not None and not math.isclose(ratio, base) else ""
+    found = {s.get("stage"): s for s in accuracy.get("summary", []) if s.get("model") == model}
+    summary = [{**found[st + ("" if st == "dense" else suffix)], "stage": st} for st in STAGE_VARIANT
+               if st + ("" if st == "dense" else suffix) in found]
+    if not summary:
+        return [], None
     rows = []
     for s in summary:
         r = by_variant.get(STAGE_VARIANT[s["stage"]])

@@ -153,6 +153,20 @@ def test_stage_rows_pair_accuracy_stages_with_the_variant_that_runs_them():
     assert bench.stage_rows(records, acc, "mobilenet_v2") == ([], None)
 
 
+def test_stage_rows_take_the_accuracy_of_the_ratio_the_bench_pruned_at():
+    records = [_record("resnet50", "sparsec-dense", 256, 11.0), _record("resnet50", "sparsec-pruned", 256, 6.0, prune=0.5),
+               _record("resnet50", "sparsec-pruned-24", 256, 5.9, prune=0.5)]
+    acc = {"records": [{"model": "resnet50", "stage": "pruned", "channel_ratio": 0.3}],
+           "summary": [{"model": "resnet50", "stage": s, "top1_mean": t, "top1_std": 0.0, "flops_removed_frac": f}
+                       for s, t, f in (("dense", 0.92, 0.0), ("pruned-ft", 0.915, 0.5), ("pruned-24-ft", 0.916, 0.5),
+                                       ("pruned-ft@0.5", 0.90, 0.74), ("pruned-24-ft@0.5", 0.905, 0.74))]}
+    rows, _ = bench.stage_rows(records, acc, "resnet50")
+    assert [(r["stage"], r["top1"], r["flops_removed_frac"]) for r in rows] == [
+        ("dense", 0.92, 0.0), ("pruned-ft", 0.90, 0.74), ("pruned-24-ft", 0.905, 0.74)]
+    acc["summary"] = [s for s in acc["summary"] if "@" not in s["stage"]]  # no accuracy at 0.5: no mislabelled bars
+    assert [r["stage"] for r in bench.stage_rows(records, acc, "resnet50")[0]] == ["dense"]
+
+
 def test_from_json_redraws_both_figures_and_the_table_without_a_gpu(tmp_path):
     import json
 
