@@ -323,12 +323,7 @@ def latency_table(name: str, mod, args, cache: dict) -> tuple:
     if torch.cuda.is_available():
         from sparsec.api import resolve_target
 
-        bench = torch.backends.cudnn.benchmark
-        try:
-            lut = profile(mod, resolve_target("h100"), batches=(args.batch,), points=args.lut_points,
-                          dtype=torch.bfloat16)
-        finally:  # profile() turns cudnn.benchmark off; training here runs with it on
-            torch.backends.cudnn.benchmark = bench
+        lut = profile(mod, resolve_target("h100"), batches=(args.batch,), points=args.lut_points, dtype=torch.bfloat16)
         how = f"measured in this run ({time.perf_counter() - t0:.0f} s), written to luts/{fname}"
     else:
         lut = build_lut(mod, "h100", 16, (args.batch,), macs_proxy_ms, points=args.lut_points,

@@ -345,7 +345,6 @@ def profile(mod, target, *, batches: Sequence[int] = (1, 256), points: int = 5, 
     require_cuda()
     import sys
 
-    torch.backends.cudnn.benchmark = False
     l2 = int(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20))
     info = {
         "device": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
@@ -359,9 +358,14 @@ def profile(mod, target, *, batches: Sequence[int] = (1, 256), points: int = 5, 
                    f">= 2x L2), {warmup} warm-up replays, median of {iters} CUDA-event-timed replays, divided by R; "
                    f"cudnn.benchmark off; bias included; random normal data"),
     }
-    return build_lut(mod, target.name, target.round_to, batches,
-                     lambda s, ci, co, b: _time_layer(s, ci, co, b, dtype, warmup, iters, l2),
-                     points=points, info=info, progress=progress)
+    bench = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False  # one algorithm per shape, chosen without timing runs
+    try:
+        return build_lut(mod, target.name, target.round_to, batches,
+                         lambda s, ci, co, b: _time_layer(s, ci, co, b, dtype, warmup, iters, l2),
+                         points=points, info=info, progress=progress)
+    finally:  # the caller's setting (training runs with it on)
+        torch.backends.cudnn.benchmark = bench
 
 
 def _version() -> str:

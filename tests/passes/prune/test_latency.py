@@ -354,7 +354,9 @@ def test_profile_measures_a_table_on_the_gpu(tmp_path):
     from sparsec.backends.targets import H100
 
     mod = _mod(size=64)  # big enough that the layers at batch 64 are well above the launch floor
+    torch.backends.cudnn.benchmark = True
     lut = L.profile(mod, H100, batches=(1, 64), points=3, warmup=2, iters=5)
+    assert torch.backends.cudnn.benchmark  # measured with it off, then the caller's setting is back
     assert lut.info["device"] == torch.cuda.get_device_name() and "measured" in lut.info["method"]
     assert lut.fingerprint == L.fingerprint(L.layer_specs(mod)) and lut.batches == (1, 64)
     for t in lut.tables.values():
