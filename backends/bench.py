@@ -63,6 +63,7 @@ from pathlib import Path
 
 import torch
 
+from sparsec import knobs
 from sparsec.errors import TargetError, UsageError
 
 L2_BYTES = 50 << 20
@@ -561,7 +562,7 @@ def write(records, failures, args, p: Plan, inductor: dict | None = None, final:
         "baseline": p.baseline,
         "plan": dataclasses.asdict(p),
         "kernel_configs": os.environ.get("SPARSEC_CUTLASS_CONFIGS", "tuned"),
-        "kxk_policy": os.environ.get("SPARSEC_CUTLASS_KXK", "sparse"),
+        "kxk_policy": knobs.get("cutlass_kxk"),
         "inductor": inductor,
         "complete": final,
         "failures": failures,

@@ -42,7 +42,7 @@ KNOBS: dict[str, Knob] = {
     "tvm_runtime_dir": Knob("SPARSEC_TVM_RUNTIME_DIR", Path, lambda: None, "folder with libtvm_runtime.so (and libtvm_runtime_cuda.so) for running TVM artifacts without the tvm wheel"),
     "cutlass_build": Knob("SPARSEC_CUTLASS_BUILD", str.lower, lambda: "load", "when the cutlass backend builds its kernels: 'load' (default: on the GPU host at first load, from the kernel cache) or 'compile' (at compile time; needs nvcc and the CUTLASS headers)"),
     "cutlass_configs": Knob("SPARSEC_CUTLASS_CONFIGS", str.lower, lambda: "tuned", "kernel configs of lowered layers: 'tuned' (per layer, from the tuning DB) or 'compact' (two mainloops per dtype and sparsity: fewer kernels to build)"),
-    "cutlass_kxk": Knob("SPARSEC_CUTLASS_KXK", str.lower, lambda: "sparse", "which kxk convs the cutlass backend lowers through an NHWC im2col + GEMM: 'sparse' (default: only 2:4 ones; dense kxk convs stay cuDNN), 'all', or 'none' (every kxk conv stays cuDNN, 2:4-masked or not)"),
+    "cutlass_kxk": Knob("SPARSEC_CUTLASS_KXK", str.lower, lambda: "none", "which kxk convs the cutlass backend lowers through an NHWC im2col + GEMM: 'none' (default: every kxk conv stays cuDNN, 2:4-masked or not; measured faster on an H100), 'sparse' (only 2:4 ones), or 'all'"),
     "tvm_gemm_direct": Knob("SPARSEC_TVM_GEMM_DIRECT", _bool, lambda: True, "tvm artifacts on sm_90a: CUTLASS GEMMs write straight into the VM's output buffer (0: run the torch op and copy its result in)"),
     "verify_each": Knob("SPARSEC_VERIFY_EACH", _bool, lambda: True, "run Module.verify() after every pass"),
 }

@@ -4,15 +4,16 @@ Targets: ``h100`` / ``h100-sparse`` (sm_90a) and ``a100`` / ``a100-sparse``
 (sm_80). ``support(node)`` answers from the declared table
 (``backends/cutlass_support.py``), narrowed to what :mod:`.lowering` really
 lowers (no depthwise, grouped, dilated or pooling-epilogue kernels), and
-dense kxk convs stay cuDNN unless ``SPARSEC_CUTLASS_KXK=all``: an im2col
-writes kh*kw copies of the activations, which only a 2:4 GEMM can pay for
-(ResNet-50 bs256 on an H100, compact configs: 21.6 ms with every kxk conv
-through im2col, 11.5 ms with the dense ones on cuDNN; see
-benchmarks/results/e2e_h100*.json). The same runs show that the 2:4 kxk
-convs do not pay their im2col either at bs256 (h100-sparse 17.2 ms vs h100
-11.5 ms) -- the cost model compares GEMM times only -- so
-``SPARSEC_CUTLASS_KXK=none`` (every kxk conv on cuDNN) is worth measuring
-as the default; an implicit-GEMM sparse conv is the real fix.
+every kxk conv stays cuDNN by default (``SPARSEC_CUTLASS_KXK=none``), 2:4-masked or not
+(a mask still applies; it is computed densely): an NHWC im2col writes kh*kw copies of the
+activations, and on an H100 neither a dense nor a 2:4 GEMM paid for them. ResNet-50 fp16 bs256,
+compact configs: 21.6 ms with every kxk conv through im2col, 11.5 ms with the dense ones on cuDNN,
+17.2 ms with the 2:4 ones through im2col (h100-sparse); pruned 0.5 + 2:4 (shape cost model) 10.96 ms
+with its 2:4 kxk convs through im2col against 5.87 ms with them on cuDNN (benchmarks/results/
+e2e_h100*.json). ``SPARSEC_CUTLASS_KXK=sparse`` lowers the 2:4 ones, ``all`` every one; an
+implicit-GEMM sparse conv is the real fix. (The measured cost model never marks a kxk conv 2:4: its
+im2col is in no measurement.)
+
 ``lower`` rewrites every node the ``partition`` pass gave this backend into a
 ``sparsec::gemm24`` / ``sparsec::gemm_dense`` call (:mod:`.lowering`) and
 returns the artifact's extra files:

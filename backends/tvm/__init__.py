@@ -30,8 +30,8 @@ reductions
 On a GPU target the pipeline is the CUTLASS backend's (``canonicalize,fold-bn,
 dce,[sparsify-2-4,]fuse-epilogue,dce,to-dtype,partition``), and ``lower`` runs
 that backend's lowering (:func:`.backend.lower_gemms`, the same code and the
-same ``SPARSEC_CUTLASS_*`` knobs as the ``h100`` target: dense kxk convs stay
-cuDNN unless ``SPARSEC_CUTLASS_KXK=all``) before the Relax import. Each packed
+same ``SPARSEC_CUTLASS_*`` knobs as the ``h100`` target: kxk convs stay
+cuDNN unless ``SPARSEC_CUTLASS_KXK`` says otherwise) before the Relax import. Each packed
 call is a Python hop (:mod:`.cutlass_kernels`, :mod:`.conv_kernels`) on
 torch's current stream, which is the VM's (``tvm_ffi.use_torch_stream``); the
 CUTLASS kernels write into the VM's output buffer, cuDNN's result is copied

@@ -218,7 +218,7 @@ def lower_gemms(mod, target: Target):
     """The CUTLASS half of a GPU tvm target: its lowering, on the nodes the CUTLASS backend takes.
 
     Every node ``CutlassBackend.support`` accepts (fp16/bf16 linears and convs its kernels run;
-    dense kxk convs stay out unless ``SPARSEC_CUTLASS_KXK=all``) is assigned to ``cutlass`` and
+    kxk convs stay out unless ``SPARSEC_CUTLASS_KXK`` says otherwise) is assigned to ``cutlass`` and
     rewritten by ``CutlassBackend.lower`` into ``sparsec::gemm24`` / ``gemm_dense`` calls, in place.
     Returns that backend's ``Lowered`` (``kernels.json``, ``tuning.json`` and its manifest section).
     Needs torch only (no TVM): the GPU host rebuilds stripped weights with it.

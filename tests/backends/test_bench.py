@@ -208,7 +208,7 @@ def test_bench_compiles_sparsec_variants_in_bf16_end_to_end_on_the_cpu(tmp_path)
     res = sparsec.compile(net, (torch.randn(2, 3, 16, 16),), target=tgt, pipeline=pipeline, output=tmp_path / "m.sparsec")
     manifest = json.loads((res.artifact / "manifest.json").read_text())
     payload = manifest["payload"]
-    assert len(payload["layers"]) >= 3 and any(r["sparse"] for r in payload["layers"])
+    assert len(payload["layers"]) >= 2 and any(r["sparse"] for r in payload["layers"])  # 1x1 conv + linear
     assert payload["kernels"] and all("_bf16_" in k for k in payload["kernels"])
     assert all("_bf16_" in r["config"] for r in payload["layers"])
     assert [t["dtype"] for t in manifest["inputs"]["tensors"]] == ["bf16"]

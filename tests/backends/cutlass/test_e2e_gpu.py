@@ -49,7 +49,7 @@ def test_compiled_cnn_matches_the_masked_reference(name, target, tmp_path):
         pipeline = resolve_backend(tgt).pipeline(tgt).replace("sparsify-2-4,", "sparsify-2-4{cost-model=shape},")
     res = sparsec.compile(model, (torch.randn(shape),), target=target, pipeline=pipeline, output=tmp_path / "m.sparsec")
     layers = json.loads((res.artifact / "manifest.json").read_text())["payload"]["layers"]
-    # every 1x1 conv and the fc become GEMMs; kxk convs go through im2col only when 2:4 (dense ones stay cuDNN)
+    # every 1x1 conv and the fc become GEMMs; kxk convs stay cuDNN (SPARSEC_CUTLASS_KXK=none, the default)
     assert sum(r["kind"] != "conv-im2col" for r in layers) == (4 if name == "resnet18" else 37)
     assert all(r["sparse"] for r in layers if r["kind"] == "conv-im2col")
     assert (sum(r["sparse"] for r in layers) > 0) == target.endswith("-sparse")

@@ -145,14 +145,14 @@ def test_support_narrows_the_declared_table():
     verdicts = {n.name: backend.support(n) for n in mod.graph.nodes if n.op == "call_function"}
     text = {k: str(v) for k, v in verdicts.items()}
     assert any("depthwise conv: no CUTLASS kernel" in t for t in text.values())
-    assert any(t.startswith("no: dense kxk conv: stays cuDNN") for t in text.values())  # the default policy
+    assert any(t.startswith("no: kxk conv: stays cuDNN (SPARSEC_CUTLASS_KXK=none") for t in text.values())  # default
     from sparsec import knobs
 
+    with knobs.scope(cutlass_kxk="sparse"):
+        assert any(str(backend.support(n)).startswith("no: dense kxk conv: stays cuDNN")
+                   for n in mod.graph.nodes if n.op == "call_function")
     with knobs.scope(cutlass_kxk="all"):
         assert any(str(backend.support(n)).startswith("yes (cutlass: implicit-GEMM 3x3 conv")
-                   for n in mod.graph.nodes if n.op == "call_function")
-    with knobs.scope(cutlass_kxk="none"):
-        assert any(str(backend.support(n)).startswith("no: kxk conv: stays cuDNN")
                    for n in mod.graph.nodes if n.op == "call_function")
     assert any("multiples of 8" in t and t.startswith("no") for t in text.values())  # the 3-channel stem
 
@@ -166,9 +166,13 @@ def test_compile_sparse_target_on_cpu_writes_the_artifact(tmp_path, target, arch
     backend = sparsec.registry().get("backend", "cutlass")()
     pipeline = backend.pipeline(sparsec.registry().get("target", target))
     assert "sparsify-2-4," in pipeline and pipeline.endswith(",partition")
-    # cost-model=shape: every eligible layer 2:4, so that the 3x3 convs take the im2col path
-    res = sparsec.compile(model, (x,), target=target, output=out,
-                          pipeline=pipeline.replace("sparsify-2-4,", "sparsify-2-4{cost-model=shape},"))
+    # cost-model=shape: every eligible layer 2:4, and SPARSEC_CUTLASS_KXK=sparse: the 2:4 3x3 convs take the
+    # im2col path (by default every kxk conv stays cuDNN)
+    from sparsec import knobs
+
+    with knobs.scope(cutlass_kxk="sparse"):
+        res = sparsec.compile(model, (x,), target=target, output=out,
+                              pipeline=pipeline.replace("sparsify-2-4,", "sparsify-2-4{cost-model=shape},"))
     manifest = json.loads((out / "manifest.json").read_text())
     payload = manifest["payload"]
     assert payload["backend"] == "cutlass" and payload["arch"] == arch and payload["build"] == "load"

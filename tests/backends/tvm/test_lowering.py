@@ -255,7 +255,7 @@ def test_inspect_shows_cutlass_cudnn_and_tvm_nodes(tvm):
         if cutlass:  # fused_conv2d: stem, expand, kxk, project, dw
             assert [route[n] for n in fused] == ["cudnn", "cutlass", "cudnn", "cutlass", "cudnn"]
             assert route["linear"] == "cutlass" and route["mean"] == "tvm"
-            assert "dense kxk conv" in verdict[fused[2]] and "depthwise" in verdict[fused[4]]
+            assert "kxk conv: stays cuDNN" in verdict[fused[2]] and "depthwise" in verdict[fused[4]]
         else:
             assert set(route.values()) == {"tvm"}
 
