@@ -142,7 +142,9 @@ _ACT = {
 
 
 def _run(kernel: Kernel, cfg: KernelConfig, x: torch.Tensor, a: torch.Tensor, e: Optional[torch.Tensor], kp: int,
-         mp: int, m: int, bias, residual, scale) -> torch.Tensor:
+         mp: int, m: int, bias, residual, scale, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The kernel on ``x`` with its operands padded to (kp, mp). ``out``: a contiguous destination of n x mp
+    elements for D (the caller's buffer, e.g. a TVM VM's), instead of a new tensor; not for sm_80 2:4."""
     lead = x.shape[:-1]
     x2 = _pad_last(x.reshape(-1, x.shape[-1]), kp).contiguous()
     n = x2.shape[0]
@@ -154,7 +156,7 @@ def _run(kernel: Kernel, cfg: KernelConfig, x: torch.Tensor, a: torch.Tensor, e:
         scale = _pad_last(scale.float(), mp).contiguous()
     if residual is not None:
         residual = _pad_last(residual.reshape(n, -1).to(x.dtype), mp).contiguous()
-    y = torch.empty(n, mp, dtype=x.dtype, device=x.device)
+    y = torch.empty(n, mp, dtype=x.dtype, device=x.device) if out is None else out.view(n, mp)
     if getattr(_poison, "on", False):
         y.fill_(float("nan"))
     if n > 0:

@@ -28,6 +28,8 @@ import torch
 import tvm_ffi
 
 from sparsec import knobs
+from sparsec.backends.cutlass import runtime
+from sparsec.backends.cutlass.config import KernelConfig
 from sparsec.backends.tvm.custom_ops import KernelOp
 
 OPS = (
@@ -54,27 +56,19 @@ def _ops():
 @functools.lru_cache(maxsize=None)
 def _kernel(cfg_name: str):
     """(config, loaded kernel) of a config name: parsed and looked up once, not per call."""
-    from sparsec.backends.cutlass import runtime
-    from sparsec.backends.cutlass.config import KernelConfig
 
     cfg = KernelConfig.from_name(cfg_name)
     return cfg, runtime.load(cfg)
 
 
 def _direct(cfg_name: str, x: torch.Tensor, a, e, kp: int, mp: int, m: int, bias, residual, scale, out) -> bool:
-    """Launch the kernel with ``out`` as its D operand (as ``runtime._run`` does with its own output); False
-    where that does not apply (CPU, sm_80, padded rows, another dtype): the caller then runs the op."""
-    if not knobs.get("tvm_gemm_direct") or not x.is_cuda or cfg_name.startswith("sm80") or mp != m or x.dtype != a.dtype or x.dtype != out.dtype:
+    """Run the kernel with ``out`` as its D operand (``runtime._run``'s destination); False where that does not
+    apply (switched off, CPU, sm_80, padded rows, another dtype): the caller then runs the op."""
+    if not knobs.get("tvm_gemm_direct") or not x.is_cuda or cfg_name.startswith("sm80") or mp != m \
+            or x.dtype != a.dtype or x.dtype != out.dtype:
         return False
     cfg, kernel = _kernel(cfg_name)
-    x2 = x.reshape(-1, x.shape[-1])
-    x2 = (x2 if x2.shape[-1] == kp else torch.nn.functional.pad(x2, (0, kp - x2.shape[-1]))).contiguous()
-    n = x2.shape[0]
-    bias = None if bias is None else bias.to(x.dtype).contiguous()
-    scale = None if scale is None else scale.float().contiguous()
-    residual = None if residual is None else residual.reshape(n, m).to(x.dtype).contiguous()
-    if n:
-        kernel(a, e, x2, out.view(n, m), residual, bias, scale, mp, n, kp, cfg.swizzle)
+    runtime._run(kernel, cfg, x, a, e, kp, mp, m, bias, residual, scale, out=out)
     return True
 
 
