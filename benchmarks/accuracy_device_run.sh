@@ -16,12 +16,7 @@
 # $OUT gets: accuracy.log, accuracy_run_<gpu>_<models>.json (rewritten after every stage), luts/*.json;
 # with PROCS, runs.tar.gz holding p<i>/ (each process's log and run JSON) instead.
 set -o pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-# A real (non-editable) install, and no cwd on sys.path (the top-level sparsec/ would shadow the mapping)
-pip install -q --no-deps --no-build-isolation --target /tmp/site . >/dev/null 2>&1 || echo "pip install failed"
-export PYTHONPATH=/tmp/site PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
+. benchmarks/device_setup.sh
 echo "=== accuracy $(date -u +%T) commit ${SPARSEC_GIT_COMMIT:-unset}"
 RUN=(python3 benchmarks/accuracy/run.py --data .devcache/fashion-mnist --ratios "${RATIOS:-0.3,0.32,0.35,0.4}"
      --budget-s "${BUDGET:-480}" --extra-ratios "${EXTRA:-}" --stages "${STAGES:-}" --expect-s "${EXPECT:-}")

@@ -26,20 +26,12 @@ OUT=${OUT:-/tmp/out}
 MODE=${MODE:-fast}
 BUDGET_S=${BUDGET_S:-$([ "$MODE" = autotune ] && echo 480 || echo 530)}  # autotune: ~1 min left to pack the cache
 LOG="$OUT/e2e_${MODE}.log"
-mkdir -p "$OUT" /tmp/cutlass /tmp/sparsec-cache /tmp/inductor-cache
-tar xJf .devcache/cutlass.tar.xz -C /tmp/cutlass
-for k in .devcache/kcache.tar.xz .devcache/kcache_e2e.tar.xz .devcache/kcache_e2e_more.tar.xz; do
-  [ -f $k ] && tar xJf $k -C /tmp/sparsec-cache
-done
+mkdir -p "$OUT" /tmp/inductor-cache
+. benchmarks/device_setup.sh >"$LOG" 2>&1  # sourced (not piped: its exports must stay in this shell)
+cat "$LOG"
 [ -f .devcache/inductor_cache.tar.xz ] && tar xJf .devcache/inductor_cache.tar.xz -C /tmp/inductor-cache
-# A real (non-editable) install, and no cwd on sys.path: the repo's top-level sparsec/ would
-# otherwise shadow the package-dir mapping (sparsec.backends lives in backends/).
-pip install -q --no-deps --no-build-isolation --target /tmp/site . >/dev/null 2>&1 || echo "pip install failed"
-export PYTHONPATH=/tmp/site PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1
-export SPARSEC_CUTLASS_DIR=/tmp/cutlass/source SPARSEC_CACHE_DIR=/tmp/sparsec-cache
 export SPARSEC_CUTLASS_CONFIGS=${SPARSEC_CUTLASS_CONFIGS:-compact}
 export SPARSEC_GIT_COMMIT=${SPARSEC_GIT_COMMIT:-unknown}
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader | tee "$LOG"
 
 left() { echo $((BUDGET_S - ($(date +%s) - START))); }
 

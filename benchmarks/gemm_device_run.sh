@@ -4,20 +4,10 @@
 #   STAGES="build sass test tune bench" bash benchmarks/gemm_device_run.sh
 # Carry: .devcache/cutlass.tar.xz (the headers of the nvidia-cutlass wheel).
 set -o pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT" /tmp/cutlass
-tar xJf .devcache/cutlass.tar.xz -C /tmp/cutlass
-mkdir -p /tmp/sparsec-cache
-[ -f .devcache/kcache.tar.xz ] && tar xJf .devcache/kcache.tar.xz -C /tmp/sparsec-cache
-# A real (non-editable) install, and no cwd on sys.path: the repo's top-level sparsec/ would
-# otherwise shadow the package-dir mapping (sparsec.backends lives in backends/).
-pip install -q --no-deps --no-build-isolation --target /tmp/site . >/dev/null 2>&1 || echo "pip install failed"
-export PYTHONPATH=/tmp/site PYTHONSAFEPATH=1
-export SPARSEC_CUTLASS_DIR=/tmp/cutlass/source SPARSEC_CACHE_DIR=${SPARSEC_CACHE_DIR:-/tmp/sparsec-cache} PYTHONUNBUFFERED=1
+. benchmarks/device_setup.sh
 STAGES=${STAGES:-"build sass test"}
 SUITE=${SUITE:-quick}
 DTYPES=${DTYPES:-fp16,bf16}
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
 nvcc --version | tail -2
 for stage in $STAGES; do
   echo "=== $stage $(date -u +%T)"

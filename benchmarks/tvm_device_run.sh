@@ -10,21 +10,12 @@
 # are built at first load (parallel nvcc, ~2 min): MODELS=mobilenet_v2,efficientnet_b0 in a second call.
 # Results: $OUT/e2e_<gpu>_tvm.json (+ .png), $OUT/pytest_tvm.log, $OUT/bench_tvm.log.
 set -o pipefail
-OUT=${OUT:-/tmp/out}
 ROOT=$PWD
-mkdir -p "$OUT" /tmp/cutlass /tmp/sparsec-cache
-tar xJf .devcache/cutlass.tar.xz -C /tmp/cutlass
-for k in .devcache/kcache.tar.xz .devcache/kcache_e2e.tar.xz; do [ -f $k ] && tar xJf $k -C /tmp/sparsec-cache; done
-# A real (non-editable) install, and no cwd on sys.path: the repo's top-level sparsec/ would
-# otherwise shadow the package-dir mapping (sparsec.backends lives in backends/).
-pip install -q --no-deps --no-build-isolation --target /tmp/site . >/dev/null 2>&1 || echo "pip install failed"
+. benchmarks/device_setup.sh
 pip install -q --no-deps --target /tmp/site .devcache/tvm/whl/apache_tvm_ffi-*.whl >/dev/null 2>&1 \
   || echo "apache-tvm-ffi install failed"
-export PYTHONPATH=/tmp/site PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1
-export SPARSEC_CUTLASS_DIR=/tmp/cutlass/source SPARSEC_CACHE_DIR=/tmp/sparsec-cache
 export SPARSEC_CUTLASS_CONFIGS=compact   # the configs the artifacts were built with (tvm_bench.py build --configs)
 export SPARSEC_TVM_RUNTIME_DIR=$ROOT/.devcache/tvm/runtime SPARSEC_TVM_PREBUILT=$ROOT/.devcache/tvm/artifacts/prebuilt
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
 python3 -c "import tvm_ffi, sparsec; print('tvm_ffi', tvm_ffi.__version__, 'sparsec from', sparsec.__file__)"
 echo "=== tests $(date -u +%T)"
 timeout ${TEST_TIMEOUT:-150} python3 -m pytest -m gpu tests/backends/tvm -q -p no:cacheprovider -rA 2>&1 \
