@@ -53,6 +53,7 @@ BACKENDS = {
 OP_LIBRARIES = (
     "sparsec.passes.fusion.ops",
     "sparsec.backends.cutlass.reference",  # sparsec::gemm24 / gemm_dense (CUDA kernels + CPU reference)
+    "sparsec.backends.cutlass.depthwise",  # sparsec::dwconv2d (CUDA kernel + CPU reference)
 )
 
 

@@ -3,7 +3,8 @@
 Targets: ``h100`` / ``h100-sparse`` (sm_90a) and ``a100`` / ``a100-sparse``
 (sm_80). ``support(node)`` answers from the declared table
 (``backends/cutlass_support.py``), narrowed to what :mod:`.lowering` really
-lowers (no depthwise, grouped, dilated or pooling-epilogue kernels), and
+lowers (depthwise convs of the direct kernel's shapes; no grouped, dilated or pooling-epilogue
+kernels), and
 every kxk conv stays cuDNN by default (``SPARSEC_CUTLASS_KXK=none``), 2:4-masked or not
 (a mask still applies; it is computed densely): an NHWC im2col writes kh*kw copies of the
 activations, and on an H100 neither a dense nor a 2:4 GEMM paid for them. ResNet-50 fp16 bs256,
@@ -15,7 +16,8 @@ implicit-GEMM sparse conv is the real fix. (The measured cost model never marks 
 im2col is in no measurement.)
 
 ``lower`` rewrites every node the ``partition`` pass gave this backend into a
-``sparsec::gemm24`` / ``sparsec::gemm_dense`` call (:mod:`.lowering`) and
+``sparsec::gemm24`` / ``sparsec::gemm_dense`` call, or for a depthwise conv a
+``sparsec::dwconv2d`` call (:mod:`.lowering`, :mod:`.depthwise`), and
 returns the artifact's extra files:
 
 * ``kernels.json``: each kernel the program calls -- its config name, the
@@ -108,6 +110,8 @@ class CutlassBackend(Backend):
         if not verdict or node.op != "call_function":
             return verdict
         plan = lowering.plan(node)
+        if isinstance(plan, lowering.DwPlan):
+            return verdict
         if not isinstance(plan, lowering.GemmPlan):
             return plan
         policy = knobs.get("cutlass_kxk")
@@ -125,7 +129,7 @@ class CutlassBackend(Backend):
     def pipeline(self, target: Target) -> str:
         sparse = "sparsify-2-4," if target.is_sparse else ""
         dtype = target.dtypes[0]
-        return f"canonicalize,fold-bn,dce,{sparse}fuse-epilogue,dce,to-dtype{{dtype={dtype}}},partition"
+        return f"canonicalize,fold-bn,dce,to-channels-last,{sparse}fuse-epilogue,dce,to-dtype{{dtype={dtype}}},partition"
 
     # -- lowering -------------------------------------------------------------------------
     def lower(self, mod, target: Target):
@@ -153,9 +157,8 @@ class CutlassBackend(Backend):
             raise UsageError(f"SPARSEC_CUTLASS_BUILD={build_mode!r}", expected="load or compile")
         if build_mode == "compile" and kernels:
             from sparsec.backends.cutlass import build
-            from sparsec.backends.cutlass.config import KernelConfig
 
-            build.build([KernelConfig.from_name(n) for n in kernels], progress=True)
+            build.build(_buildables(kernels), progress=True)
         work = tempfile.TemporaryDirectory(prefix="sparsec-cutlass-")
         kpath, tpath = Path(work.name) / KERNELS_FILE, Path(work.name) / TUNING_FILE
         kpath.write_text(json.dumps({"arch": target.arch, "kernels": kernels}, indent=1, sort_keys=True) + "\n")
@@ -189,8 +192,6 @@ class CutlassBackend(Backend):
 
         from sparsec._builtins import load_op_libraries
         from sparsec.backends.artifact import PROGRAM
-        from sparsec.backends.cutlass import runtime
-        from sparsec.backends.cutlass.config import KernelConfig
         from sparsec.errors import ArtifactError
 
         load_op_libraries()
@@ -198,7 +199,7 @@ class CutlassBackend(Backend):
         if manifest["payload"].get("arch") == "sm_80" and machine_arch() != "sm_80":
             log.warning("running sm_80 kernels on %s through their PTX: a correctness check, not A100 timings",
                         machine_arch())
-        runtime.preload([KernelConfig.from_name(n) for n in names])  # builds what the kernel cache lacks
+        preload(names)  # builds what the kernel cache lacks
         try:
             ep = torch.export.load(str(Path(path) / PROGRAM))
         except Exception as exc:
@@ -211,9 +212,27 @@ class CutlassBackend(Backend):
 def _kernel_ops():
     import torch
 
-    from sparsec.backends.cutlass import runtime  # noqa: F401 -- defines the ops
+    from sparsec.backends.cutlass import depthwise, runtime  # noqa: F401 -- define the ops
 
-    return {torch.ops.sparsec.gemm24.default, torch.ops.sparsec.gemm_dense.default}
+    return {torch.ops.sparsec.gemm24.default, torch.ops.sparsec.gemm_dense.default, torch.ops.sparsec.dwconv2d.default}
+
+
+def _buildables(names) -> list:
+    """What ``build.build`` takes for these kernel names: GEMM configs, and depthwise kernels' sources."""
+    from sparsec.backends.cutlass import depthwise
+    from sparsec.backends.cutlass.config import KernelConfig
+
+    return [depthwise.source(depthwise.DwConfig.from_name(n)) if depthwise.is_name(n) else KernelConfig.from_name(n)
+            for n in names]
+
+
+def preload(names) -> None:
+    """Build (what the kernel cache lacks, in parallel) and load the kernels an artifact names."""
+    from sparsec.backends.cutlass import depthwise, runtime
+    from sparsec.backends.cutlass.config import KernelConfig
+
+    runtime.preload([KernelConfig.from_name(n) for n in names if not depthwise.is_name(n)])
+    depthwise.preload([n for n in names if depthwise.is_name(n)])
 
 
 def _tuning_db(arch: str) -> tuple[dict, str]:
@@ -232,8 +251,13 @@ def _kernel_table(configs: list[str]) -> dict:
     from sparsec.backends.cutlass.codegen import emit, nvcc_arch_flags
     from sparsec.backends.cutlass.config import KernelConfig
 
+    from sparsec.backends.cutlass import depthwise
+
     out = {}
     for name in configs:
+        if depthwise.is_name(name):
+            out[name] = depthwise.kernel_table_entry(name)
+            continue
         k = kernel_of(KernelConfig.from_name(name))
         out[k.name] = {"symbol": k.symbol, "arch": k.arch, "flags": [*CXX_FLAGS, *nvcc_arch_flags(k.arch)],
                        "source": emit(k)}

@@ -12,7 +12,10 @@ NHWC so that ``x`` is row-major [N, K]:
 * kxk conv: an NHWC im2col (``pad``, ``unfold`` over H and W, taps before
   channels, so K runs (kh, kw, Cin) -- the order the 2:4 groups were chosen
   in), then the GEMM;
-* linear / ``fused_linear``: the GEMM on ``x [..., K]`` as is.
+* linear / ``fused_linear``: the GEMM on ``x [..., K]`` as is;
+* depthwise conv (groups = Cin = Cout; k 3, 5 or 7, stride 1 or 2, C a
+  multiple of 8): one ``sparsec::dwconv2d`` call (:mod:`.depthwise`, a direct
+  NHWC kernel), bias, activations and residual fused.
 
 The GEMM output [N, Ho, Wo, Cout] goes back to NCHW through a ``permute``
 (a channels-last view, no copy); back-to-back ``permute``s between two
@@ -22,8 +25,9 @@ residual add, ``gelu_tanh``) runs after the kernel in PyTorch.
 
 Weights are packed offline (``runtime.pack_weight`` layout, on the CPU) and
 held as buffers of the graph module, so ``torch.export`` stores them in the
-program. Stem, depthwise, grouped, dilated and transposed convs stay in
-PyTorch (cuDNN); :func:`plan` says why.
+program. The stem (3 input channels), grouped, dilated and transposed convs
+and the depthwise convs the kernel does not take stay in PyTorch (cuDNN);
+:func:`plan` says why.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ class GemmPlan:
     padding: tuple[int, int] = (0, 0)
 
 
-def plan(node: fx.Node) -> GemmPlan | Unsupported:
+def plan(node: fx.Node) -> "GemmPlan | DwPlan | Unsupported":
     """How the lowering takes ``node``, or why it stays in PyTorch (dtype checks are the support table's)."""
     F = _fused()
     t = node.target
@@ -118,8 +122,10 @@ def plan(node: fx.Node) -> GemmPlan | Unsupported:
         return Unsupported("only 2-D convs are lowered")
     if groups != 1:
         cin = int(wv.shape[1]) * groups
-        what = "depthwise" if groups == cin else f"grouped (groups={groups})"
-        return Unsupported(f"{what} conv: no CUTLASS kernel for it in this version; stays dense in PyTorch (cuDNN)")
+        if groups == cin and int(wv.shape[0]) == cin:
+            return _depthwise_plan(x, w, wv, bias, res, act, act2, stride, padding, dilation)
+        return Unsupported(f"grouped (groups={groups}) conv: no kernel for it in this version; stays dense in PyTorch "
+                           "(cuDNN)")
     if isinstance(padding, str) or any(d != 1 for d in _pair(dilation)):
         return Unsupported(f"dilation {list(_pair(dilation))} / padding {padding!r}: the NHWC im2col takes dilation 1 "
                            "and explicit padding; stays in PyTorch (cuDNN)")
@@ -130,6 +136,41 @@ def plan(node: fx.Node) -> GemmPlan | Unsupported:
     else:
         kind = "conv-im2col"
     return GemmPlan(kind, x, w, bias, res, act, act2, s, pd)
+
+
+@dataclasses.dataclass(frozen=True)
+class DwPlan:
+    """How a depthwise conv becomes one ``sparsec::dwconv2d`` call (:mod:`.depthwise`), epilogue fused."""
+
+    x: fx.Node
+    weight: fx.Node
+    bias: object
+    residual: object
+    act: str
+    act2: str
+    k: int
+    stride: int
+    padding: tuple[int, int]
+    kind: str = "depthwise"
+
+
+def _depthwise_plan(x, w, wv, bias, res, act, act2, stride, padding, dilation) -> DwPlan | Unsupported:
+    from sparsec.backends.cutlass import depthwise as D
+
+    c, kh, kw = int(wv.shape[0]), int(wv.shape[2]), int(wv.shape[3])
+    s = _pair(stride)
+    why = None
+    if kh != kw or kh not in D.KERNEL_SIZES:
+        why = f"a {kh}x{kw} filter (the kernel takes square {', '.join(map(str, D.KERNEL_SIZES))})"
+    elif s[0] != s[1] or s[0] not in D.STRIDES:
+        why = f"stride {list(s)} (the kernel takes 1 or 2, the same in H and W)"
+    elif isinstance(padding, str) or any(d != 1 for d in _pair(dilation)):
+        why = f"dilation {list(_pair(dilation))} / padding {padding!r} (the kernel takes dilation 1, explicit padding)"
+    elif c % D.VEC:
+        why = f"C={c} (the kernel reads 16-byte vectors: C a multiple of {D.VEC})"
+    if why:
+        return Unsupported(f"depthwise conv with {why}: stays dense in PyTorch (cuDNN)")
+    return DwPlan(x, w, bias, res, act, act2, kh, s[0], _pair(padding))
 
 
 def gemm_weight(w: torch.Tensor) -> torch.Tensor:
@@ -176,9 +217,10 @@ class Lowering:
         g = mod.graph
         for node in list(nodes):
             p = plan(node)
-            if not isinstance(p, GemmPlan):
-                continue
-            self._lower(mod, g, node, p, R)
+            if isinstance(p, GemmPlan):
+                self._lower(mod, g, node, p, R)
+            elif isinstance(p, DwPlan) and not self.reference:
+                self._lower_depthwise(mod, g, node, p)
         _cancel_permutes(g)
         g.eliminate_dead_code()
         used = {n.target for n in g.nodes if n.op == "get_attr"}
@@ -228,6 +270,32 @@ class Lowering:
         self.records.append({"node": node.name, "weight": p.weight.target, "kind": p.kind,
                              "m": m, "n": n, "k": k, "sparse": sparse, "config": cfg.name,
                              "epilogue_in_pytorch": [a if o == "act" else o for o, a in post if a != "none"]})
+
+    def _lower_depthwise(self, mod, g: fx.Graph, node: fx.Node, p: DwPlan) -> None:
+        from sparsec.backends.cutlass.depthwise import DwConfig
+
+        w = mod.get_param(p.weight.target).detach()
+        out = _val(node)
+        dtype = _DTYPE.get(out.dtype)
+        if dtype is None:
+            raise TypeError(f"{node.name}: the kernels take fp16/bf16, got {out.dtype}")
+        res = p.residual is not None
+        act, act2 = p.act, p.act2
+        cfg = DwConfig(self.arch, dtype, p.k, p.stride, act, act2, res)
+        base = mod.fresh_param_name("dw_" + p.weight.target.replace(".", "_"))
+        with g.inserting_before(node):
+            wk = self._buffer(mod, g, base, w[:, 0].permute(1, 2, 0).to(out.dtype))  # [C,1,k,k] -> [k, k, C]
+            x = g.call_function(aten.permute.default, (p.x, [0, 2, 3, 1]))  # NHWC view
+            r = g.call_function(aten.permute.default, (p.residual, [0, 2, 3, 1])) if res else None
+            y = g.call_function(torch.ops.sparsec.dwconv2d.default, (x, wk, p.bias, r, list(p.padding), cfg.name))
+            M.put(y, M.BackendAssignment("cutlass"))
+            y = g.call_function(aten.permute.default, (y, [0, 3, 1, 2]))
+        node.replace_all_uses_with(y)
+        g.erase_node(node)
+        c = int(w.shape[0])
+        self.records.append({"node": node.name, "weight": p.weight.target, "kind": "depthwise", "m": c,
+                             "n": _tokens(out, conv=True), "k": p.k * p.k, "sparse": False, "config": cfg.name,
+                             "epilogue_in_pytorch": []})
 
     @staticmethod
     def _buffer(mod, g: fx.Graph, name: str, value: torch.Tensor) -> fx.Node:

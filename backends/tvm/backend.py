@@ -226,9 +226,11 @@ def lower_gemms(mod, target: Target):
     from sparsec.backends.cutlass.backend import CutlassBackend
     from sparsec.ir import meta as M
 
+    from sparsec.backends.cutlass import lowering
+
     cutlass = CutlassBackend()
-    for node in mod.graph.nodes:
-        if node.op == "call_function" and cutlass.support(node):
+    for node in mod.graph.nodes:  # GEMMs only: the depthwise kernels are not packed functions of the TVM VM
+        if node.op == "call_function" and cutlass.support(node) and isinstance(lowering.plan(node), lowering.GemmPlan):
             M.put(node, M.BackendAssignment(cutlass.name))
     return cutlass.lower(mod, target)
 
@@ -241,12 +243,13 @@ def _gpu_route(node: fx.Node) -> Supported | None:
     from sparsec.passes.fusion import ops as F
 
     verdict = CutlassBackend().support(node)
-    if verdict:
-        p = lowering.plan(node)
+    p = lowering.plan(node) if verdict else None
+    if isinstance(p, lowering.GemmPlan):
         return Supported(f"cutlass: sparsec.gemm24/gemm_dense kernel ({p.kind}), relax.call_dps_packed")
     if node.target in ops.CONV or node.target in (F.fused_conv2d, F.conv2d_pool):
         epi = "epilogue, pooling" if node.target in (F.fused_conv2d, F.conv2d_pool) else "bias"
-        return Supported(f"cudnn: packed sparsec.conv2d, {epi} TVM-generated; not CUTLASS: {verdict.reason}")
+        why = verdict.reason if not verdict else "sparsec's depthwise kernel is not a packed function of the TVM VM"
+        return Supported(f"cudnn: packed sparsec.conv2d, {epi} TVM-generated; not CUTLASS: {why}")
     return None
 
 

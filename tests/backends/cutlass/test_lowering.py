@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import sparsec  # noqa: E402
-from sparsec.backends.cutlass import packing, reference  # noqa: E402
+from sparsec.backends.cutlass import depthwise, packing, reference  # noqa: E402,F401  (depthwise: the op)
 from sparsec.backends.cutlass.config import KernelConfig  # noqa: E402
 from sparsec.backends.cutlass.lowering import GemmPlan, epilogue, lower_reference, plan  # noqa: E402
 from sparsec.errors import TargetError  # noqa: E402
@@ -21,6 +21,7 @@ from sparsec.passes.manager import PassContext, PassManager  # noqa: E402
 nn = torch.nn
 GEMM24 = torch.ops.sparsec.gemm24.default
 DENSE = torch.ops.sparsec.gemm_dense.default
+DW = torch.ops.sparsec.dwconv2d.default
 
 
 class Net(nn.Module):
@@ -144,7 +145,7 @@ def test_support_narrows_the_declared_table():
                     "canonicalize,fold-bn,dce,fuse-epilogue,dce,to-dtype{dtype=fp16}")
     verdicts = {n.name: backend.support(n) for n in mod.graph.nodes if n.op == "call_function"}
     text = {k: str(v) for k, v in verdicts.items()}
-    assert any("depthwise conv: no CUTLASS kernel" in t for t in text.values())
+    assert any(t.startswith("yes (cutlass: depthwise conv, dense direct kernel") for t in text.values())
     assert any(t.startswith("no: kxk conv: stays cuDNN (SPARSEC_CUTLASS_KXK=none") for t in text.values())  # default
     from sparsec import knobs
 
@@ -182,10 +183,10 @@ def test_compile_sparse_target_on_cpu_writes_the_artifact(tmp_path, target, arch
     assert all("-gencode" in " ".join(k["flags"]) and "extern \"C\"" in k["source"] for k in kernels.values())
     assert json.loads((out / "tuning.json").read_text())["schema"] == "sparsec.tuning/1"
     layers = payload["layers"]
-    assert {r["kind"] for r in layers} >= {"conv-im2col", "conv1x1", "linear"}
+    assert {r["kind"] for r in layers} >= {"conv-im2col", "conv1x1", "linear", "depthwise"}
     # the lowered module runs on the CPU through the reference kernels, and matches the masked fp16 graph
     lowered = res.module
-    assert _count(lowered, GEMM24) + _count(lowered, DENSE) == len(layers)
+    assert _count(lowered, GEMM24) + _count(lowered, DENSE) + _count(lowered, DW) == len(layers)
     masked = sparsec.trace(model, (x,))
     pm = PassManager.parse(res.pipeline.replace(",partition", ""))
     list(pm.run(masked, PassContext(target=sparsec.registry().get("target", target))))

@@ -94,17 +94,17 @@ def test_partition_assigns_supported_nodes(filecheck, kxk_all):
     model, mod = _fp16_fused()
     rec = run(mod, "partition{target=h100}")
     stats = rec[0].stats
-    assert stats["assigned"] == 4 and stats["too_small"] == 0  # the backend has no depthwise kernel (cuDNN)
+    assert stats["assigned"] == 5 and stats["too_small"] == 0  # the depthwise conv too (sparsec::dwconv2d)
     nodes = _by_name(mod)
     assigned = {n.name for n in mod.graph.nodes if M.get(n, M.BackendAssignment) is not None}
     assert all(M.get(nodes[n], M.BackendAssignment).backend == "cutlass" for n in assigned)
-    assert stats == {"partitions": 3, "assigned": 4, "pytorch": 7, "too_small": 0}
+    assert stats == {"partitions": 4, "assigned": 5, "pytorch": 6, "too_small": 0}
     part = {n.name: (p.id if (p := M.get(n, PartitionId)) else None) for n in mod.graph.nodes}
     assert part["fused_conv2d"] is None  # the stem: Cin=3
     assert part["max_pool2d"] is None and part["conv2d_4"] is None  # pooling; the grouped conv
     # c1 -> pool -> c2 with c1 -> down -> c2: c1 and c2 in one partition would need the pool inside it
     assert part["fused_conv2d_1"] != part["fused_conv2d_2"] == part["conv2d_3"]
-    assert sorted({v for v in part.values() if v is not None}) == [0, 1, 2]
+    assert sorted({v for v in part.values() if v is not None}) == [0, 1, 2, 3]
     filecheck(print_module(mod), r"""
         CHECK-LABEL: module @net(
         CHECK: sparsec.fused_conv2d(%_to_copy, @stem.weight, @stem.bias, padding=[1,1], act="relu")  {sparsec.fused = conv2d-act[conv2d,relu]}{{$}}
@@ -128,7 +128,7 @@ def test_partition_takes_the_target_from_the_context(kxk_all):
     _, mod = _fp16_fused()
     ctx = PassContext(target=sparsec.registry().get("target", "h100-sparse"))
     rec = sparsec.PassManager.parse("partition").run(mod, ctx)
-    assert rec[0].stats["assigned"] == 4
+    assert rec[0].stats["assigned"] == 5
 
 
 def test_partition_min_size_and_idempotence():

@@ -1,0 +1,369 @@
+"""Depthwise convolution with a fused epilogue: a direct NHWC kernel and the ``sparsec::dwconv2d`` op.
+
+Why a hand-written kernel and not CUTLASS: a depthwise conv does ``k*k`` multiply-adds per element it
+reads, so it is bound by memory traffic, not by math, and tensor cores do not help. What costs time
+around it on a GPU is the unfused epilogue: PyTorch runs cuDNN's conv, then the bias add, then the
+activation, each a full pass over the output (on an H100, MobileNetV2 fp16 bs256 spent 2.1 ms in
+the bias adds and 0.9 ms in the ReLU6s against 1.0 ms in the convs: ``benchmarks/e2e_profile.py``).
+CUTLASS 4.2's depthwise kernels (``DepthwiseDirect2dConvFprop``, example 46) are SIMT kernels with the
+filter size, stride and dilation fixed at compile time and a tile shape to tune per layer; the kernel
+here needs no tuning: it reads each input element once from DRAM (the halo re-reads hit L1/L2),
+computes in float32 and writes the output once, with ``act2(act(conv + bias) + residual)`` applied on
+the way out.
+
+Layout and contract (what :func:`dwconv2d` takes)::
+
+    dwconv2d(x [N, H, W, C] NHWC, weight [k, k, C], bias [C]?, residual [N, Ho, Wo, C]?,
+             padding [ph, pw], config) -> y [N, Ho, Wo, C]
+    y = act2(act(depthwise_conv(x, weight, stride, padding) + bias) + residual)   (act2 after act if no residual)
+
+``C`` is a multiple of 8 (one 16-byte vector of fp16/bf16 per thread and tap); ``k`` is 3, 5 or 7,
+the stride 1 or 2, the dilation 1: the lowering (:mod:`.lowering`) keeps every other depthwise conv
+in PyTorch and says why. Each thread computes 8 channels of ``TW`` neighbouring output pixels of one
+row (``TW`` = 4 at stride 1, 2 at stride 2), so the input columns they share are loaded once into
+registers; a block covers up to 32 channel vectors x a few rows x a few strips, so its threads' rows
+overlap in L1.
+
+One library per :class:`DwConfig` (arch, dtype, k, stride, act, act2, residual): a model needs a
+handful (MobileNetV2: 2, EfficientNet-B0: 4). They build in seconds through the backend's kernel
+cache (:mod:`.build`) and run on torch's current stream, so CUDA-graph capture takes them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import functools
+import re
+import threading
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from sparsec.errors import KernelError
+
+KERNEL_SIZES = (3, 5, 7)
+STRIDES = (1, 2)
+VEC = 8  # 16-bit elements per 16-byte access: C must be a multiple of it
+# the epilogue's activations: every one of the fused ops' (passes/fusion/ops.py ACTIVATIONS)
+ACTS = ("none", "relu", "relu6", "silu", "gelu", "gelu_tanh", "hardswish", "sigmoid")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+_CUDA_T = {"fp16": "__half", "bf16": "__nv_bfloat16"}
+_ACT_RE = "|".join(sorted(ACTS, key=len, reverse=True))  # gelu_tanh before gelu: names hold underscores
+_NAME = re.compile(rf"dw_(sm_\w+?)_(fp16|bf16)_k(\d)s(\d)_({_ACT_RE})_({_ACT_RE})(_res)?$")
+
+_ACT_CODE = {
+    "none": "v",
+    "relu": "fmaxf(v, 0.f)",
+    "relu6": "fminf(fmaxf(v, 0.f), 6.f)",
+    "silu": "v / (1.f + __expf(-v))",
+    "sigmoid": "1.f / (1.f + __expf(-v))",
+    "hardswish": "v * fminf(fmaxf(v + 3.f, 0.f), 6.f) * (1.f / 6.f)",
+    "gelu": "0.5f * v * (1.f + erff(v * 0.70710678118654752f))",
+    "gelu_tanh": "0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)))",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DwConfig:
+    """One depthwise kernel: ``dw_<arch>_<dtype>_k<k>s<stride>_<act>_<act2>[_res]``."""
+
+    arch: str
+    dtype: str
+    k: int
+    stride: int
+    act: str = "none"
+    act2: str = "none"
+    residual: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES or self.k not in KERNEL_SIZES or self.stride not in STRIDES:
+            raise ValueError(f"depthwise kernel: dtype {self.dtype!r}, k {self.k}, stride {self.stride} not in "
+                             f"{sorted(DTYPES)}, {KERNEL_SIZES}, {STRIDES}")
+        for a in (self.act, self.act2):
+            if a not in ACTS:
+                raise ValueError(f"depthwise kernel: unknown activation {a!r}; known: {', '.join(ACTS)}")
+
+    @property
+    def name(self) -> str:
+        return (f"dw_{self.arch}_{self.dtype}_k{self.k}s{self.stride}_{self.act}_{self.act2}"
+                + ("_res" if self.residual else ""))
+
+    lib_name = name
+
+    @property
+    def symbol(self) -> str:
+        return "sparsec_" + self.name
+
+    @classmethod
+    def from_name(cls, name: str) -> "DwConfig":
+        m = _NAME.match(name)
+        if not m:
+            raise ValueError(f"not a depthwise kernel name: {name!r}")
+        arch, dtype, k, s, act, act2, res = m.groups()
+        return cls(arch, dtype, int(k), int(s), act, act2, bool(res))
+
+    @property
+    def tw(self) -> int:
+        return 4 if self.stride == 1 else 2
+
+
+def is_name(name: str) -> bool:
+    return name.startswith("dw_")
+
+
+def emit(cfg: DwConfig) -> str:
+    """The .cu source of one depthwise kernel (extern "C" launcher, see the module docstring)."""
+    t = _CUDA_T[cfg.dtype]
+    header = "cuda_fp16.h" if cfg.dtype == "fp16" else "cuda_bf16.h"
+    to_f = "__half2float" if cfg.dtype == "fp16" else "__bfloat162float"
+    from_f = "__float2half_rn" if cfg.dtype == "fp16" else "__float2bfloat16_rn"
+    return f"""\
+// generated by sparsec.backends.cutlass.depthwise -- do not edit
+// config: {cfg.name}
+#include <cstdint>
+#include <cuda_runtime.h>
+#include <{header}>
+
+namespace {{
+constexpr int K = {cfg.k}, S = {cfg.stride}, TW = {cfg.tw}, VEC = {VEC};
+constexpr int COLS = (TW - 1) * S + K;  // input columns one thread's TW outputs read
+using T = {t};
+
+__device__ __forceinline__ float act1(float v) {{ return {_ACT_CODE[cfg.act]}; }}
+__device__ __forceinline__ float act2(float v) {{ return {_ACT_CODE[cfg.act2]}; }}
+
+__device__ __forceinline__ void unpack(const uint4& u, float* f) {{
+  const T* h = reinterpret_cast<const T*>(&u);
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) f[i] = {to_f}(h[i]);
+}}
+
+// blockDim.x = cvb * th * sw threads: cvb channel vectors (fastest), th output rows, sw strips of TW pixels.
+// grid.x: channel tiles x row tiles x strip tiles; grid.y: images.
+__global__ void __launch_bounds__(256) dwconv(const T* __restrict__ x, const T* __restrict__ w,
+    const T* __restrict__ bias, const T* __restrict__ res, T* __restrict__ y,
+    int H, int W, int C, int OH, int OW, int ph, int pw, int cvb, int th, int sw, int ctiles, int rtiles) {{
+  const int cv = C / VEC;
+  int tid = threadIdx.x;
+  const int cl = tid % cvb; tid /= cvb;
+  const int rl = tid % th;
+  const int sl = tid / th;
+  int b = blockIdx.x;
+  const int ct = b % ctiles; b /= ctiles;
+  const int rt = b % rtiles;
+  const int st = b / rtiles;
+  const int c8 = ct * cvb + cl;
+  const int oh = rt * th + rl;
+  const int ow0 = (st * sw + sl) * TW;
+  if (c8 >= cv || oh >= OH || ow0 >= OW) return;
+  const long n = blockIdx.y;
+  const int c = c8 * VEC;
+
+  float acc[TW][VEC];
+#pragma unroll
+  for (int t = 0; t < TW; ++t)
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[t][e] = 0.f;
+
+  const int iw0 = ow0 * S - pw;
+#pragma unroll
+  for (int i = 0; i < K; ++i) {{
+    const int ih = oh * S - ph + i;
+    if (ih < 0 || ih >= H) continue;
+    float wr[K][VEC];
+#pragma unroll
+    for (int j = 0; j < K; ++j) unpack(__ldg(reinterpret_cast<const uint4*>(w + (long)(i * K + j) * C + c)), wr[j]);
+    const T* row = x + ((n * H + ih) * (long)W) * C + c;
+#pragma unroll
+    for (int q = 0; q < COLS; ++q) {{
+      const int iw = iw0 + q;
+      if (iw < 0 || iw >= W) continue;
+      float v[VEC];
+      unpack(__ldg(reinterpret_cast<const uint4*>(row + (long)iw * C)), v);
+#pragma unroll
+      for (int t = 0; t < TW; ++t) {{
+        const int j = q - t * S;
+        if (j >= 0 && j < K) {{
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) acc[t][e] = fmaf(v[e], wr[j][e], acc[t][e]);
+        }}
+      }}
+    }}
+  }}
+
+  float bv[VEC];
+  if (bias != nullptr) unpack(__ldg(reinterpret_cast<const uint4*>(bias + c)), bv);
+  else {{
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) bv[e] = 0.f;
+  }}
+#pragma unroll
+  for (int t = 0; t < TW; ++t) {{
+    const int ow = ow0 + t;
+    if (ow >= OW) break;
+    const long off = ((n * OH + oh) * (long)OW + ow) * C + c;
+    float r[VEC];
+    {"unpack(__ldg(reinterpret_cast<const uint4*>(res + off)), r);" if cfg.residual else ""}
+    uint4 out;
+    T* o = reinterpret_cast<T*>(&out);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {{
+      float v = act1(acc[t][e] + bv[e]);
+      {"v += r[e];" if cfg.residual else "(void)r;"}
+      o[e] = {from_f}(act2(v));
+    }}
+    *reinterpret_cast<uint4*>(y + off) = out;
+  }}
+}}
+}}  // namespace
+
+// 0 on success; 1: a shape the kernel does not take; 4: the launch failed.
+extern "C" int {cfg.symbol}(const void* x, const void* w, const void* bias, const void* res, void* y,
+                            int N, int H, int W, int C, int OH, int OW, int ph, int pw, cudaStream_t stream) {{
+  if (C % VEC != 0 || N <= 0 || N > 65535) return 1;
+  const int cv = C / VEC;
+  const int strips = (OW + TW - 1) / TW;
+  // cvb: channel vectors per block, a divisor of cv when one in [8, 32] exists (no idle threads)
+  int cvb = cv <= 32 ? cv : 32;
+  if (cv > 32) {{
+    for (int d = 32; d >= 8; --d) if (cv % d == 0) {{ cvb = d; break; }}
+  }}
+  const int rest = 256 / cvb;            // threads left for rows x strips
+  int th = rest < 8 ? rest : 8;
+  if (th > OH) th = OH;
+  int sw = rest / th;
+  if (sw > strips) sw = strips;
+  if (sw < 1) sw = 1;
+  const int ctiles = (cv + cvb - 1) / cvb, rtiles = (OH + th - 1) / th, stiles = (strips + sw - 1) / sw;
+  dim3 grid(ctiles * rtiles * stiles, N);
+  dwconv<<<grid, cvb * th * sw, 0, stream>>>(static_cast<const T*>(x), static_cast<const T*>(w),
+      static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(y),
+      H, W, C, OH, OW, ph, pw, cvb, th, sw, ctiles, rtiles);
+  return cudaGetLastError() == cudaSuccess ? 0 : 4;
+}}
+"""
+
+
+def source(cfg: DwConfig):
+    from sparsec.backends.cutlass.build import Source
+
+    return Source(cfg.name, emit(cfg), cfg.arch)
+
+
+# ---------------------------------------------------------------- loading and running
+
+_lock = threading.Lock()
+_libs: dict[str, object] = {}
+
+
+def _bind(cfg: DwConfig, path: Path):
+    fn = getattr(ctypes.CDLL(str(path)), cfg.symbol)
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 8 + [ctypes.c_void_p]
+    with _lock:
+        return _libs.setdefault(cfg.name, fn)
+
+
+def preload(configs) -> None:
+    """Build (parallel nvcc, cached) and load these depthwise kernels, so that calls do no setup."""
+    from sparsec.backends.cutlass import build
+
+    configs = [DwConfig.from_name(c) if isinstance(c, str) else c for c in configs]
+    todo = [c for c in configs if c.name not in _libs]
+    if not todo:
+        return
+    paths = build.build([source(c) for c in todo])
+    for c in todo:
+        _bind(c, paths[source(c)])
+
+
+def _kernel(cfg: DwConfig):
+    with _lock:
+        fn = _libs.get(cfg.name)
+    if fn is None:
+        preload([cfg])
+        fn = _libs[cfg.name]
+    return fn
+
+
+def out_size(size: int, k: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - k) // stride + 1
+
+
+@torch.library.custom_op("sparsec::dwconv2d", mutates_args=())
+def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+             padding: list[int], config: str) -> torch.Tensor:
+    """y [N, Ho, Wo, C] = act2(act(depthwise conv of x [N, H, W, C] with weight [k, k, C] + bias) + residual)."""
+    from sparsec.backends.cutlass.runtime import _poison
+
+    cfg = DwConfig.from_name(config)
+    n, h, w_, c = x.shape
+    oh, ow = out_size(h, cfg.k, cfg.stride, padding[0]), out_size(w_, cfg.k, cfg.stride, padding[1])
+    want = DTYPES[cfg.dtype]
+    if x.dtype != want or weight.dtype != want or not x.is_cuda:
+        raise KernelError(f"depthwise kernel {cfg.name} takes {cfg.dtype} CUDA tensors",
+                          actual=f"x {x.dtype} on {x.device}, weight {weight.dtype}",
+                          fix="cast the activations, or compile for their dtype")
+    if c % VEC or tuple(weight.shape) != (cfg.k, cfg.k, c):
+        raise KernelError(f"depthwise kernel {cfg.name}: C={c}, weight {tuple(weight.shape)}",
+                          expected=f"C a multiple of {VEC}, weight ({cfg.k}, {cfg.k}, C)", fix="compile the model again")
+    x = x.contiguous()
+    bias = None if bias is None else bias.to(want).contiguous()
+    if cfg.residual:
+        if residual is None or tuple(residual.shape) != (n, oh, ow, c):
+            raise KernelError(f"depthwise kernel {cfg.name} takes a residual of the output's shape",
+                              expected=str((n, oh, ow, c)), actual=None if residual is None else str(tuple(residual.shape)))
+        residual = residual.to(want).contiguous()
+    y = torch.empty(n, oh, ow, c, dtype=want, device=x.device)
+    if getattr(_poison, "on", False):
+        y.fill_(float("nan"))
+    if y.numel() == 0:
+        return y
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    for chunk in range(0, n, 65535):  # grid.y holds the images
+        m = min(65535, n - chunk)
+        xs, ys = x[chunk:chunk + m], y[chunk:chunk + m]
+        rs = residual[chunk:chunk + m] if cfg.residual else None
+        rc = _kernel(cfg)(ptr(xs), weight.data_ptr(), ptr(bias), ptr(rs), ys.data_ptr(), m, h, w_, c, oh, ow,
+                          padding[0], padding[1], torch.cuda.current_stream(x.device).cuda_stream)
+        if rc != 0:
+            raise KernelError(f"depthwise kernel {cfg.name} failed ({'shape refused' if rc == 1 else 'launch failed'})",
+                              where=f"x {tuple(x.shape)}, padding {list(padding)}", fix="check the shapes")
+    return y
+
+
+@dwconv2d.register_fake
+def _dwconv2d_fake(x, weight, bias, residual, padding, config):
+    cfg = DwConfig.from_name(config)
+    n, h, w_, c = x.shape
+    return x.new_empty(n, out_size(h, cfg.k, cfg.stride, padding[0]), out_size(w_, cfg.k, cfg.stride, padding[1]), c)
+
+
+def reference(x, weight, bias, residual, padding, config) -> torch.Tensor:
+    """The op in plain ATen (float32 compute, NCHW conv): the CPU kernel, and the tests' reference."""
+    from sparsec.passes.fusion.ops import ACTIVATIONS
+
+    cfg = DwConfig.from_name(config)
+    c = x.shape[-1]
+    wt = weight.permute(2, 0, 1).unsqueeze(1).float()  # [C, 1, k, k]
+    y = torch.nn.functional.conv2d(x.permute(0, 3, 1, 2).float(), wt, None if bias is None else bias.float(),
+                                   cfg.stride, list(padding), 1, c)
+    y = ACTIVATIONS[cfg.act](y)
+    if cfg.residual:
+        y = y + residual.permute(0, 3, 1, 2).float()
+    return ACTIVATIONS[cfg.act2](y).to(x.dtype).permute(0, 2, 3, 1).contiguous()
+
+
+torch.library.register_kernel("sparsec::dwconv2d", "cpu", reference)
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_table_entry(name: str) -> dict:
+    """kernels.json entry of a depthwise kernel: what a GPU host needs to rebuild it."""
+    from sparsec.backends.cutlass.build import CXX_FLAGS
+    from sparsec.backends.cutlass.codegen import nvcc_arch_flags
+
+    cfg = DwConfig.from_name(name)
+    return {"symbol": cfg.symbol, "arch": cfg.arch, "flags": [*CXX_FLAGS, *nvcc_arch_flags(cfg.arch)], "source": emit(cfg)}

@@ -1,0 +1,174 @@
+"""The depthwise kernel (``sparsec::dwconv2d``): its names, what the lowering takes and why it refuses the
+rest, the lowered graph against the unlowered one on the CPU (the op's reference kernel), a real nvcc
+build, and on the GPU the kernel against a float64 reference with its output NaN-poisoned first."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+import sparsec  # noqa: E402
+from sparsec.backends.cutlass import depthwise as D  # noqa: E402
+from sparsec.api import resolve_backend  # noqa: E402
+from sparsec.backends.cutlass import lowering  # noqa: E402
+from sparsec.passes.manager import PassContext, PassManager  # noqa: E402
+
+
+def test_names_round_trip_for_every_epilogue():
+    for act, act2, res in itertools.product(D.ACTS, D.ACTS, (False, True)):
+        cfg = D.DwConfig("sm_90a", "bf16", 5, 2, act, act2, res)
+        assert D.DwConfig.from_name(cfg.name) == cfg and D.is_name(cfg.name)
+    with pytest.raises(ValueError, match="unknown activation"):
+        D.DwConfig("sm_90a", "fp16", 3, 1, "tanh")
+    with pytest.raises(ValueError, match="not in"):
+        D.DwConfig("sm_90a", "fp16", 4, 1)
+
+
+def _conv_plan(**kw):
+    c = kw.pop("c", 16)
+    m = nn.Sequential(nn.Conv2d(c, c, groups=c, **kw))
+    mod = sparsec.trace(m, (torch.randn(2, c, 12, 12),))
+    node = next(n for n in mod.graph.nodes if n.op == "call_function" and "conv" in str(n.target))
+    return lowering.plan(node)
+
+
+@pytest.mark.parametrize("kw, why", [
+    (dict(kernel_size=4, padding=1), "4x4 filter"),
+    (dict(kernel_size=3, stride=3), "stride"),
+    (dict(kernel_size=3, padding=2, dilation=2), "dilation"),
+    (dict(kernel_size=3, padding=1, c=12), "C=12"),
+])
+def test_depthwise_convs_the_kernel_does_not_take_stay_in_pytorch_with_the_reason(kw, why):
+    p = _conv_plan(**kw)
+    assert not p and why in p.reason and "cuDNN" in p.reason
+
+
+def test_depthwise_plan_takes_the_kernel_shapes():
+    p = _conv_plan(kernel_size=5, stride=2, padding=2)
+    assert isinstance(p, lowering.DwPlan) and (p.k, p.stride, p.padding) == (5, 2, (2, 2))
+
+
+class _Mobile(nn.Module):
+    """Inverted residual (expand, 3x3 depthwise, project, add) and a strided 5x5 SiLU depthwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6())
+        self.expand = nn.Sequential(nn.Conv2d(16, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(48, 48, 3, padding=1, groups=48, bias=False), nn.BatchNorm2d(48), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(48, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.dw5 = nn.Sequential(nn.Conv2d(16, 16, 5, stride=2, padding=2, groups=16), nn.SiLU())
+        for bn in self.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.running_mean.uniform_(-0.3, 0.3)
+                bn.running_var.uniform_(0.5, 1.5)
+                bn.weight.data.uniform_(0.5, 1.5)
+                bn.bias.data.uniform_(-0.3, 0.3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.project(self.dw(self.expand(x)))
+        return self.dw5(x)
+
+
+def test_lowered_depthwise_convs_match_the_unlowered_graph_on_the_cpu():
+    """h100 pipeline + lowering, run on the CPU: the GEMM and depthwise ops' reference kernels compute what
+    the fused graph before lowering computed (the weight repacking, NHWC permutes and epilogues)."""
+    torch.manual_seed(0)
+    model = _Mobile().eval()
+    tgt = sparsec.registry().get("target", "h100")
+    backend = resolve_backend(tgt)
+    mod = sparsec.trace(model, (torch.randn(2, 3, 20, 20),))
+    list(PassManager.parse(backend.pipeline(tgt)).run(mod, PassContext(target=tgt)))
+    ref = mod.clone()
+    lowered = backend.lower(mod, tgt)
+    layers = lowered.section["layers"]
+    dws = [r for r in layers if r["kind"] == "depthwise"]
+    assert [r["config"] for r in dws] == ["dw_sm_90a_fp16_k3s1_relu6_none", "dw_sm_90a_fp16_k5s2_silu_none"]
+    assert all(n in lowered.section["kernels"] for n in (r["config"] for r in dws))
+    calls = [n for n in mod.graph.nodes if n.op == "call_function" and n.target is torch.ops.sparsec.dwconv2d.default]
+    assert len(calls) == 2
+    x = torch.randn(2, 3, 20, 20).half()  # fresh values (the batch is static)
+    with torch.no_grad():
+        y, r = mod.gm(x), ref.gm(x)
+    y, r = (t[0] if isinstance(t, (tuple, list)) else t for t in (y, r))
+    rel = ((y.double() - r.double()).norm() / r.double().norm()).item()
+    assert torch.isfinite(y).all() and rel < 5e-3, rel
+
+
+def test_nvcc_builds_depthwise_kernels_for_both_archs(tmp_path):
+    from sparsec import knobs
+    from sparsec.backends.cutlass import build
+    from sparsec.errors import BuildError
+
+    try:
+        build.toolchain()
+    except BuildError as exc:
+        pytest.skip(f"no CUDA toolchain here: {exc.what}")
+    cfgs = [D.DwConfig("sm_90a", "fp16", 3, 1, "relu6"), D.DwConfig("sm_80", "bf16", 7, 2, "gelu_tanh", "hardswish", True)]
+    with knobs.scope(cache_dir=tmp_path):
+        libs = build.build([D.source(c) for c in cfgs])
+        for c in cfgs:
+            assert c.symbol.encode() in libs[D.source(c)].read_bytes()
+
+
+# ---------------------------------------------------------------- GPU
+
+def _gpu():
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("needs an sm_80 or newer GPU")
+    return "sm_90a" if torch.cuda.get_device_capability() == (9, 0) else "sm_80"
+
+
+CASES = [  # (dtype, k, stride, act, act2, residual, N, H, W, C)
+    ("fp16", 3, 1, "relu6", "none", False, 3, 13, 17, 24),
+    ("fp16", 3, 2, "relu6", "none", False, 2, 15, 16, 264),
+    ("fp16", 5, 1, "silu", "none", False, 2, 14, 14, 240),
+    ("fp16", 5, 2, "silu", "none", False, 4, 9, 11, 40),
+    ("fp16", 7, 1, "gelu", "relu", True, 2, 10, 12, 8),
+    ("fp16", 3, 1, "none", "hardswish", True, 2, 7, 7, 960),
+    ("bf16", 3, 1, "sigmoid", "none", False, 2, 28, 28, 144),
+    ("bf16", 5, 2, "gelu_tanh", "silu", True, 1, 12, 12, 32),
+    ("bf16", 7, 2, "relu", "none", False, 2, 23, 19, 56),
+]
+
+
+def _f64_reference(x, w, bias, res, k, stride, pad, act, act2):
+    from sparsec.passes.fusion.ops import ACTIVATIONS
+
+    c = x.shape[-1]
+    y = torch.nn.functional.conv2d(x.double().permute(0, 3, 1, 2), w.double().permute(2, 0, 1).unsqueeze(1),
+                                   bias.double(), stride, pad, 1, c)
+    y = ACTIVATIONS[act](y)
+    if res is not None:
+        y = y + res.double().permute(0, 3, 1, 2)
+    return ACTIVATIONS[act2](y).permute(0, 2, 3, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c[:6])))
+def test_kernel_matches_float64_on_the_gpu(case):
+    from sparsec.backends.cutlass.runtime import poisoned_outputs
+
+    arch = _gpu()
+    dtype, k, s, act, act2, res, n, h, w, c = case
+    dt = D.DTYPES[dtype]
+    g = torch.Generator(device="cuda").manual_seed(hash(case) % 1000)
+    pad = k // 2
+    x = torch.randn(n, h, w, c, device="cuda", generator=g).to(dt)
+    wt = (torch.randn(k, k, c, device="cuda", generator=g) / k).to(dt)
+    bias = torch.randn(c, device="cuda", generator=g).to(dt)
+    oh, ow = D.out_size(h, k, s, pad), D.out_size(w, k, s, pad)
+    r = torch.randn(n, oh, ow, c, device="cuda", generator=g).to(dt) if res else None
+    cfg = D.DwConfig(arch, dtype, k, s, act, act2, res)
+    with poisoned_outputs():
+        y = torch.ops.sparsec.dwconv2d(x, wt, bias, r, [pad, pad], cfg.name)
+    torch.cuda.synchronize()
+    ref = _f64_reference(x, wt, bias, r, k, s, pad, act, act2)
+    assert y.shape == ref.shape and torch.isfinite(y).all(), "NaN left: some output was not written"
+    rel = ((y.double() - ref).norm() / ref.norm()).item()
+    assert rel < (5e-3 if dtype == "fp16" else 2e-2), rel
