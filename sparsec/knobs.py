@@ -43,6 +43,7 @@ KNOBS: dict[str, Knob] = {
     "cutlass_build": Knob("SPARSEC_CUTLASS_BUILD", str.lower, lambda: "load", "when the cutlass backend builds its kernels: 'load' (default: on the GPU host at first load, from the kernel cache) or 'compile' (at compile time; needs nvcc and the CUTLASS headers)"),
     "cutlass_configs": Knob("SPARSEC_CUTLASS_CONFIGS", str.lower, lambda: "tuned", "kernel configs of lowered layers: 'tuned' (per layer, from the tuning DB) or 'compact' (two mainloops per dtype and sparsity: fewer kernels to build)"),
     "cutlass_kxk": Knob("SPARSEC_CUTLASS_KXK", str.lower, lambda: "none", "which kxk convs the cutlass backend lowers through an NHWC im2col + GEMM: 'none' (default: every kxk conv stays cuDNN, 2:4-masked or not; measured faster on an H100), 'sparse' (only 2:4 ones), or 'all'"),
+    "cutlass_depthwise": Knob("SPARSEC_CUTLASS_DEPTHWISE", str.lower, lambda: "tiled", "depthwise convs of the cutlass backend: 'tiled' (default: sparsec's NHWC kernel, input tile in shared memory, epilogue fused), 'direct' (the same kernel reading every tap from global memory) or 'none' (they stay cuDNN, epilogue in PyTorch)"),
     "tvm_gemm_direct": Knob("SPARSEC_TVM_GEMM_DIRECT", _bool, lambda: True, "tvm artifacts on sm_90a: CUTLASS GEMMs write straight into the VM's output buffer (0: run the torch op and copy its result in)"),
     "verify_each": Knob("SPARSEC_VERIFY_EACH", _bool, lambda: True, "run Module.verify() after every pass"),
 }

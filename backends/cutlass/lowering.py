@@ -39,7 +39,9 @@ import math
 import torch
 from torch import fx
 
+from sparsec import knobs
 from sparsec.backends.target import Unsupported
+from sparsec.errors import UsageError
 from sparsec.ir import meta as M
 from sparsec.ir import ops
 from sparsec.ir.verify import is_24_sparse
@@ -151,6 +153,7 @@ class DwPlan:
     k: int
     stride: int
     padding: tuple[int, int]
+    tiled: bool = True
     kind: str = "depthwise"
 
 
@@ -160,6 +163,11 @@ def _depthwise_plan(x, w, wv, bias, res, act, act2, stride, padding, dilation) -
     c, kh, kw = int(wv.shape[0]), int(wv.shape[2]), int(wv.shape[3])
     s = _pair(stride)
     why = None
+    mode = knobs.get("cutlass_depthwise")
+    if mode not in ("tiled", "direct", "none"):
+        raise UsageError(f"SPARSEC_CUTLASS_DEPTHWISE={mode!r}", expected="tiled, direct or none")
+    if mode == "none":
+        return Unsupported("depthwise conv: stays cuDNN (SPARSEC_CUTLASS_DEPTHWISE=none)")
     if kh != kw or kh not in D.KERNEL_SIZES:
         why = f"a {kh}x{kw} filter (the kernel takes square {', '.join(map(str, D.KERNEL_SIZES))})"
     elif s[0] != s[1] or s[0] not in D.STRIDES:
@@ -170,7 +178,7 @@ def _depthwise_plan(x, w, wv, bias, res, act, act2, stride, padding, dilation) -
         why = f"C={c} (the kernel reads 16-byte vectors: C a multiple of {D.VEC})"
     if why:
         return Unsupported(f"depthwise conv with {why}: stays dense in PyTorch (cuDNN)")
-    return DwPlan(x, w, bias, res, act, act2, kh, s[0], _pair(padding))
+    return DwPlan(x, w, bias, res, act, act2, kh, s[0], _pair(padding), tiled=mode == "tiled")
 
 
 def gemm_weight(w: torch.Tensor) -> torch.Tensor:
@@ -281,7 +289,7 @@ class Lowering:
             raise TypeError(f"{node.name}: the kernels take fp16/bf16, got {out.dtype}")
         res = p.residual is not None
         act, act2 = p.act, p.act2
-        cfg = DwConfig(self.arch, dtype, p.k, p.stride, act, act2, res)
+        cfg = DwConfig(self.arch, dtype, p.k, p.stride, act, act2, res, p.tiled)
         base = mod.fresh_param_name("dw_" + p.weight.target.replace(".", "_"))
         with g.inserting_before(node):
             wk = self._buffer(mod, g, base, w[:, 0].permute(1, 2, 0).to(out.dtype))  # [C,1,k,k] -> [k, k, C]

@@ -19,8 +19,8 @@ from sparsec.passes.manager import PassContext, PassManager  # noqa: E402
 
 
 def test_names_round_trip_for_every_epilogue():
-    for act, act2, res in itertools.product(D.ACTS, D.ACTS, (False, True)):
-        cfg = D.DwConfig("sm_90a", "bf16", 5, 2, act, act2, res)
+    for act, act2, res, tiled in itertools.product(D.ACTS, D.ACTS, (False, True), (False, True)):
+        cfg = D.DwConfig("sm_90a", "bf16", 5, 2, act, act2, res, tiled)
         assert D.DwConfig.from_name(cfg.name) == cfg and D.is_name(cfg.name)
     with pytest.raises(ValueError, match="unknown activation"):
         D.DwConfig("sm_90a", "fp16", 3, 1, "tanh")
@@ -47,9 +47,18 @@ def test_depthwise_convs_the_kernel_does_not_take_stay_in_pytorch_with_the_reaso
     assert not p and why in p.reason and "cuDNN" in p.reason
 
 
-def test_depthwise_plan_takes_the_kernel_shapes():
+def test_depthwise_plan_takes_the_kernel_shapes_and_the_knob_picks_the_variant():
+    from sparsec import knobs
+    from sparsec.errors import UsageError
+
     p = _conv_plan(kernel_size=5, stride=2, padding=2)
-    assert isinstance(p, lowering.DwPlan) and (p.k, p.stride, p.padding) == (5, 2, (2, 2))
+    assert isinstance(p, lowering.DwPlan) and (p.k, p.stride, p.padding, p.tiled) == (5, 2, (2, 2), True)
+    with knobs.scope(cutlass_depthwise="direct"):
+        assert _conv_plan(kernel_size=3, padding=1).tiled is False
+    with knobs.scope(cutlass_depthwise="none"):
+        assert "SPARSEC_CUTLASS_DEPTHWISE=none" in _conv_plan(kernel_size=3, padding=1).reason
+    with knobs.scope(cutlass_depthwise="fast"), pytest.raises(UsageError, match="tiled, direct or none"):
+        _conv_plan(kernel_size=3, padding=1)
 
 
 class _Mobile(nn.Module):
@@ -134,6 +143,8 @@ CASES = [  # (dtype, k, stride, act, act2, residual, N, H, W, C)
     ("bf16", 3, 1, "sigmoid", "none", False, 2, 28, 28, 144),
     ("bf16", 5, 2, "gelu_tanh", "silu", True, 1, 12, 12, 32),
     ("bf16", 7, 2, "relu", "none", False, 2, 23, 19, 56),
+    ("fp16", 3, 1, "relu6", "none", False, 2, 56, 56, 144),  # many tiles; cv=18 (no divisor in the tile range)
+    ("fp16", 5, 2, "silu", "none", True, 2, 57, 55, 672),
 ]
 
 
@@ -150,8 +161,9 @@ def _f64_reference(x, w, bias, res, k, stride, pad, act, act2):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c[:6])))
-def test_kernel_matches_float64_on_the_gpu(case):
+@pytest.mark.parametrize("tiled", [True, False], ids=["tiled", "direct"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c[:6] + c[-3:])))
+def test_kernel_matches_float64_on_the_gpu(case, tiled):
     from sparsec.backends.cutlass.runtime import poisoned_outputs
 
     arch = _gpu()
@@ -164,7 +176,7 @@ def test_kernel_matches_float64_on_the_gpu(case):
     bias = torch.randn(c, device="cuda", generator=g).to(dt)
     oh, ow = D.out_size(h, k, s, pad), D.out_size(w, k, s, pad)
     r = torch.randn(n, oh, ow, c, device="cuda", generator=g).to(dt) if res else None
-    cfg = D.DwConfig(arch, dtype, k, s, act, act2, res)
+    cfg = D.DwConfig(arch, dtype, k, s, act, act2, res, tiled)
     with poisoned_outputs():
         y = torch.ops.sparsec.dwconv2d(x, wt, bias, r, [pad, pad], cfg.name)
     torch.cuda.synchronize()
