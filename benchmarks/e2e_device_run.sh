@@ -5,10 +5,11 @@
 #   MODE=fast     bash benchmarks/e2e_device_run.sh  # GPU tests of the CUDA-graph runtime, then ResNet-50 bs 1,32,256
 #                                                     # fp16, every variant, torch.compile default (-> e2e_h100.json),
 #                                                     # then benchmarks/e2e_memprobe.py (-> e2e_memprobe.json)
-#   MODE=mobile   bash benchmarks/e2e_device_run.sh  # MobileNetV2 + EfficientNet-B0 bs 1,256 fp16 (-> _mobile),
-#                                                     # then ResNet-50 bs256 bf16 (-> _r50-bf16)
-#   MODE=autotune bash benchmarks/e2e_device_run.sh  # torch.compile max-autotune beside eager, sparsec-pruned and
-#                                                     # sparsec-pruned-24, bs256: ResNet-50 (-> _autotune-r50), then
+#   MODE=mobile   bash benchmarks/e2e_device_run.sh  # MobileNetV2 + EfficientNet-B0 bs 1,32,256 fp16 (-> _mobile),
+#                                                     # then bs256 bf16 (-> _mobile-bf16), then ResNet-50 bs256 fp16
+#                                                     # (-> _r50-bs256), torch.compile default
+#   MODE=autotune bash benchmarks/e2e_device_run.sh  # torch.compile max-autotune beside eager, sparsec-dense,
+#                                                     # sparsec-pruned and sparsec-pruned-24, bs256: ResNet-50 (-> _autotune-r50), then
 #                                                     # MobileNetV2 + EfficientNet-B0 (-> _autotune-mobile), as time allows
 # Every bench run rewrites its JSON after each variant, and each run is stopped by `timeout` so the call ends
 # inside BUDGET_S (default 530 s): a run cut short keeps what finished ("complete": false in the JSON).
@@ -61,11 +62,12 @@ case $MODE in
     fi
     ;;
   mobile)
-    bench mobile --models mobilenet_v2,efficientnet_b0 --batches 1,256 --dtypes fp16 --inductor-modes default
-    bench r50-bf16 --models resnet50 --batches 256 --dtypes bf16 --inductor-modes default
+    bench mobile --models mobilenet_v2,efficientnet_b0 --batches 1,32,256 --dtypes fp16 --inductor-modes default
+    bench mobile-bf16 --models mobilenet_v2,efficientnet_b0 --batches 256 --dtypes bf16 --inductor-modes default
+    bench r50-bs256 --models resnet50 --batches 256 --dtypes fp16 --inductor-modes default
     ;;
   autotune)
-    V=eager,sparsec-pruned,sparsec-pruned-24,inductor  # the cheap variants first: a cut-off run keeps them
+    V=eager,sparsec-dense,sparsec-pruned,sparsec-pruned-24,inductor  # the cheap variants first: a cut-off run keeps them
     case ,${AUTOTUNE:-r50,mobile}, in *,r50,*)
       bench autotune-r50 --models resnet50 --batches 256 --dtypes fp16 --variants $V --inductor-modes max-autotune ;;
     esac

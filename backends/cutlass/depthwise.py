@@ -20,10 +20,17 @@ Layout and contract (what :func:`dwconv2d` takes)::
 the stride 1 or 2, the dilation 1: the lowering (:mod:`.lowering`) keeps every other depthwise conv
 in PyTorch and says why. Each thread computes 8 channels of ``TW`` neighbouring output pixels of one
 row (``TW`` = 4 at stride 1, 2 at stride 2), so the input columns they share are loaded once into
-registers. Two variants (``SPARSEC_CUTLASS_DEPTHWISE``): ``tiled`` (the default) copies each block's
-input tile (8 output rows x 4 strips, halo included, as many channel vectors as 48 KB hold) into
-shared memory with coalesced loads first; ``direct`` reads every tap from global memory and leaves
-the halo re-reads to L1/L2. ``benchmarks/dwconv.py`` times both against cuDNN per layer.
+registers. Two variants (``SPARSEC_CUTLASS_DEPTHWISE``): ``tiled`` copies each block's input tile
+(8 output rows x 4 strips, halo included, as many channel vectors as 48 KB hold) into shared memory
+with coalesced loads first; ``direct`` reads every tap from global memory and leaves the halo
+re-reads to L1/L2. ``auto`` (the default) takes direct for 3x3 and tiled for 5x5 and 7x7, the
+winners on the H100 (``benchmarks/dwconv.py`` times both against cuDNN per layer).
+
+Where it stands (``benchmarks/results/dwconv_h100.json``, fp16 bs256, ``auto``): fused, it beats cuDNN's
+conv followed by PyTorch's bias add and activation on 31 of the 33 layers (MobileNetV2's 17: 2.36 ms
+against 3.83; EfficientNet-B0's 16: 3.38 against 4.13), but it is still 1.7-2.1x slower than
+cuDNN's conv *alone* (1.38 and 1.62 ms): it reaches about half of the H100's memory bandwidth. Not
+tried yet: half2 arithmetic, more outputs per thread, and overlapping the tile load with compute.
 
 One library per :class:`DwConfig` (arch, dtype, k, stride, act, act2, residual): a model needs a
 handful (MobileNetV2: 2, EfficientNet-B0: 4). They build in seconds through the backend's kernel

@@ -164,8 +164,8 @@ def _depthwise_plan(x, w, wv, bias, res, act, act2, stride, padding, dilation) -
     s = _pair(stride)
     why = None
     mode = knobs.get("cutlass_depthwise")
-    if mode not in ("tiled", "direct", "none"):
-        raise UsageError(f"SPARSEC_CUTLASS_DEPTHWISE={mode!r}", expected="tiled, direct or none")
+    if mode not in ("auto", "tiled", "direct", "none"):
+        raise UsageError(f"SPARSEC_CUTLASS_DEPTHWISE={mode!r}", expected="auto, tiled, direct or none")
     if mode == "none":
         return Unsupported("depthwise conv: stays cuDNN (SPARSEC_CUTLASS_DEPTHWISE=none)")
     if kh != kw or kh not in D.KERNEL_SIZES:
@@ -178,7 +178,11 @@ def _depthwise_plan(x, w, wv, bias, res, act, act2, stride, padding, dilation) -
         why = f"C={c} (the kernel reads 16-byte vectors: C a multiple of {D.VEC})"
     if why:
         return Unsupported(f"depthwise conv with {why}: stays dense in PyTorch (cuDNN)")
-    return DwPlan(x, w, bias, res, act, act2, kh, s[0], _pair(padding), tiled=mode == "tiled")
+    # auto: the variant that won at this filter size on the H100 (benchmarks/results/dwconv_h100.json,
+    # MobileNetV2 + EfficientNet-B0 bs256): direct for 3x3 (2.36 ms against 2.51 tiled over MobileNetV2's
+    # 17 layers), tiled for 5x5 and up (the 5x5 layers of EfficientNet-B0: 1.73 ms against 3.0 direct)
+    tiled = mode == "tiled" or (mode == "auto" and kh >= 5)
+    return DwPlan(x, w, bias, res, act, act2, kh, s[0], _pair(padding), tiled=tiled)
 
 
 def gemm_weight(w: torch.Tensor) -> torch.Tensor:

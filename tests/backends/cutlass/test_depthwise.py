@@ -53,11 +53,14 @@ def test_depthwise_plan_takes_the_kernel_shapes_and_the_knob_picks_the_variant()
 
     p = _conv_plan(kernel_size=5, stride=2, padding=2)
     assert isinstance(p, lowering.DwPlan) and (p.k, p.stride, p.padding, p.tiled) == (5, 2, (2, 2), True)
+    assert _conv_plan(kernel_size=3, padding=1).tiled is False  # auto: direct for 3x3
+    with knobs.scope(cutlass_depthwise="tiled"):
+        assert _conv_plan(kernel_size=3, padding=1).tiled is True
     with knobs.scope(cutlass_depthwise="direct"):
-        assert _conv_plan(kernel_size=3, padding=1).tiled is False
+        assert _conv_plan(kernel_size=5, padding=2).tiled is False
     with knobs.scope(cutlass_depthwise="none"):
         assert "SPARSEC_CUTLASS_DEPTHWISE=none" in _conv_plan(kernel_size=3, padding=1).reason
-    with knobs.scope(cutlass_depthwise="fast"), pytest.raises(UsageError, match="tiled, direct or none"):
+    with knobs.scope(cutlass_depthwise="fast"), pytest.raises(UsageError, match="auto, tiled, direct or none"):
         _conv_plan(kernel_size=3, padding=1)
 
 
@@ -97,7 +100,7 @@ def test_lowered_depthwise_convs_match_the_unlowered_graph_on_the_cpu():
     lowered = backend.lower(mod, tgt)
     layers = lowered.section["layers"]
     dws = [r for r in layers if r["kind"] == "depthwise"]
-    assert [r["config"] for r in dws] == ["dw_sm_90a_fp16_k3s1_relu6_none", "dw_sm_90a_fp16_k5s2_silu_none"]
+    assert [r["config"] for r in dws] == ["dw_sm_90a_fp16_k3s1_relu6_none_direct", "dw_sm_90a_fp16_k5s2_silu_none"]
     assert all(n in lowered.section["kernels"] for n in (r["config"] for r in dws))
     calls = [n for n in mod.graph.nodes if n.op == "call_function" and n.target is torch.ops.sparsec.dwconv2d.default]
     assert len(calls) == 2
