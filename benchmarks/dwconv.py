@@ -5,12 +5,16 @@ captured in a CUDA graph and replayed (median of CUDA-event timings):
 
 * ``cudnn_conv``: ``F.conv2d`` alone, channels-last, no bias (the floor of the unfused path);
 * ``cudnn_epilogue``: the conv with bias, then the activation: what PyTorch runs without the kernel;
-* ``sparsec_tiled`` / ``sparsec_direct``: ``sparsec::dwconv2d``, bias and activation fused.
+* ``sparsec_ms``: ``sparsec::dwconv2d``, bias and activation fused, per variant (tiled / direct by
+  default; with ``--sweep`` also every outputs-per-thread and blocks-per-SM bound).
 
 Each kernel's output is checked against the conv computed in float32 (relative error). Writes
-``dwconv_<gpu>.json`` (BENCHMARKS.md fields; one record per layer, totals per model).
+``dwconv_<gpu>.json`` (BENCHMARKS.md fields; one record per layer, totals per model) and, with
+``--write-table``, the fastest variant per (k, stride) as the depthwise tuning table that
+``SPARSEC_CUTLASS_DEPTHWISE=auto`` reads.
 
     python benchmarks/dwconv.py --models mobilenet_v2,efficientnet_b0 --batch 256
+    python benchmarks/dwconv.py --sweep --write-table $SPARSEC_CACHE_DIR/tuning/dw_sm_90a.json
 """
 
 from __future__ import annotations
@@ -49,7 +53,23 @@ def layers(name: str) -> list[dict]:
     return found
 
 
+def variants(k: int, stride: int, sweep: bool) -> list[tuple[bool, int, int]]:
+    """(tiled, tw, occ) to time: the two defaults, or with ``--sweep`` every outputs-per-thread and
+    blocks-per-SM bound of both."""
+    if not sweep:
+        return [(True, 0, 0), (False, 0, 0)]
+    tws = (2, 4, 8) if stride == 1 else (1, 2, 4)
+    return [(t, tw, occ) for t in (True, False) for tw in tws for occ in (0, 2, 3, 4)]
+
+
+def label(v: tuple[bool, int, int]) -> str:
+    tiled, tw, occ = v
+    return f"{'tiled' if tiled else 'direct'}-tw{tw}-o{occ}"
+
+
 def main(argv=None) -> int:
+    import json
+
     from sparsec.backends.cutlass import depthwise as D
     from sparsec.backends.cutlass.backend import machine_arch
     from sparsec.passes.fusion.ops import ACTIVATIONS
@@ -59,6 +79,11 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--dtype", default="fp16", choices=sorted(D.DTYPES))
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--sweep", action="store_true",
+                    help="time every (tiled|direct, outputs per thread, blocks-per-SM bound) variant, not just the two defaults")
+    ap.add_argument("--write-table", default=None, metavar="JSON",
+                    help="write the fastest variant per (k, stride), summed over the layers, as a depthwise tuning "
+                         "table (read from <cache dir>/tuning/dw_<arch>.json or backends/cutlass/tuned/)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks/dwconv.py needs a CUDA GPU")
@@ -69,8 +94,8 @@ def main(argv=None) -> int:
     for name in args.models.split(","):
         act = ACT.get(name, "relu")
         shapes = layers(name)
-        D.preload([D.DwConfig(arch, args.dtype, s["k"], s["stride"], act, "none", False, t)
-                   for s in shapes for t in (True, False)])
+        D.preload([D.DwConfig(arch, args.dtype, s["k"], s["stride"], act, "none", False, *v)
+                   for s in shapes for v in variants(s["k"], s["stride"], args.sweep)])
         for i, s in enumerate(shapes):
             n, c, h, w, k, st, p = args.batch, s["C"], s["H"], s["W"], s["k"], s["stride"], s["padding"]
             x = torch.randn(n, c, h, w, device="cuda", generator=g).to(dt).contiguous(memory_format=torch.channels_last)
@@ -79,33 +104,62 @@ def main(argv=None) -> int:
             b = torch.randn(c, device="cuda", generator=g).to(dt)
             ref = ACTIVATIONS[act](F.conv2d(x.float(), wt.float(), b.float(), st, p, 1, c))
             x_nhwc, w_kkc = x.permute(0, 2, 3, 1), wt[:, 0].permute(1, 2, 0).contiguous()
-            fns = {
-                "cudnn_conv": lambda: F.conv2d(x, wt, None, st, p, 1, c),
-                "cudnn_epilogue": lambda: ACTIVATIONS[act](F.conv2d(x, wt, b, st, p, 1, c)),
-            }
-            for tiled in (True, False):
-                cfg = D.DwConfig(arch, args.dtype, k, st, act, "none", False, tiled).name
-                fns["sparsec_tiled" if tiled else "sparsec_direct"] = (
-                    lambda cfg=cfg: torch.ops.sparsec.dwconv2d(x_nhwc, w_kkc, b, None, [p, p], cfg))
             rec = {"model": name, "layer": i, "batch": n, "dtype": args.dtype, "act": act, **s}
-            for key, fn in fns.items():
-                rec[f"{key}_ms"] = round(median(time_cuda_graph(fn, iters=args.iters)), 5)
-                if key.startswith("sparsec"):
-                    y = fn().permute(0, 3, 1, 2).float()
-                    rec[f"{key}_rel_err"] = float((y - ref).norm() / ref.norm())
+            rec["cudnn_conv_ms"] = round(median(time_cuda_graph(lambda: F.conv2d(x, wt, None, st, p, 1, c),
+                                                                iters=args.iters)), 5)
+            rec["cudnn_epilogue_ms"] = round(median(time_cuda_graph(
+                lambda: ACTIVATIONS[act](F.conv2d(x, wt, b, st, p, 1, c)), iters=args.iters)), 5)
+            rec["sparsec_ms"], worst = {}, 0.0
+            for v in variants(k, st, args.sweep):
+                cfg = D.DwConfig(arch, args.dtype, k, st, act, "none", False, *v).name
+                fn = lambda cfg=cfg: torch.ops.sparsec.dwconv2d(x_nhwc, w_kkc, b, None, [p, p], cfg)  # noqa: E731
+                rec["sparsec_ms"][label(v)] = round(median(time_cuda_graph(fn, iters=args.iters)), 5)
+                y = fn().permute(0, 3, 1, 2).float()
+                worst = max(worst, float((y - ref).norm() / ref.norm()))
+            rec["sparsec_max_rel_err"] = worst
             out_bytes = n * c * ((h + 2 * p - k) // st + 1) * ((w + 2 * p - k) // st + 1) * x.element_size()
             rec["io_mb"] = round((x.numel() * x.element_size() + out_bytes) / 1e6, 2)
-            rec["speedup_tiled_vs_cudnn_epilogue"] = round(rec["cudnn_epilogue_ms"] / rec["sparsec_tiled_ms"], 3)
+            best = min(rec["sparsec_ms"], key=rec["sparsec_ms"].get)
+            rec["best"], rec["best_ms"] = best, rec["sparsec_ms"][best]
+            rec["gb_s_best"] = round(rec["io_mb"] / rec["best_ms"], 1)
+            rec["speedup_best_vs_cudnn_epilogue"] = round(rec["cudnn_epilogue_ms"] / rec["best_ms"], 3)
             records.append(rec)
-            print(f"{name} #{i:2d} C={c:4d} {h:3d}x{w:<3d} k{k} s{st}: " + ", ".join(
-                f"{key} {rec[f'{key}_ms']:.4f}" for key in fns) + f" ms ({rec['io_mb']} MB)", flush=True)
+            print(f"{name} #{i:2d} C={c:4d} {h:3d}x{w:<3d} k{k} s{st}: cudnn conv {rec['cudnn_conv_ms']:.4f}, "
+                  f"conv+epilogue {rec['cudnn_epilogue_ms']:.4f}, sparsec best {best} {rec['best_ms']:.4f} ms "
+                  f"({rec['gb_s_best']:.0f} GB/s), rel err <= {worst:.1e}", flush=True)
         rows = [r for r in records if r["model"] == name]
-        totals[name] = {key: round(sum(r[f"{key}_ms"] for r in rows), 4) for key in fns}
+        totals[name] = {"cudnn_conv": round(sum(r["cudnn_conv_ms"] for r in rows), 4),
+                        "cudnn_epilogue": round(sum(r["cudnn_epilogue_ms"] for r in rows), 4),
+                        "sparsec_best_per_layer": round(sum(r["best_ms"] for r in rows), 4)}
         print(f"{name} total: {totals[name]}", flush=True)
+    # per (k, stride): the variant with the least time summed over its layers (timed in every layer)
+    choices = {}
+    for key in sorted({f"k{r['k']}s{r['stride']}" for r in records}):
+        rows = [r for r in records if f"k{r['k']}s{r['stride']}" == key]
+        common = set.intersection(*(set(r["sparsec_ms"]) for r in rows))
+        sums = {v: sum(r["sparsec_ms"][v] for r in rows) for v in common}
+        best = min(sums, key=sums.get)
+        tiled, tw, occ = best.split("-")
+        choices[key] = {"tiled": tiled == "tiled", "tw": int(tw[2:]), "occ": int(occ[1:]), "layers": len(rows),
+                        "ms": round(sums[best], 4), "default_tiled_ms": round(sums.get("tiled-tw0-o0", float("nan")), 4),
+                        "default_direct_ms": round(sums.get("direct-tw0-o0", float("nan")), 4)}
+    for name in totals:  # the table's choices, summed per model: what auto runs
+        rows = [r for r in records if r["model"] == name]
+        totals[name]["sparsec_table"] = round(sum(
+            r["sparsec_ms"][label(tuple(choices[f"k{r['k']}s{r['stride']}"][f] for f in ("tiled", "tw", "occ")))]
+            for r in rows), 4)
+    print("choices:", json.dumps(choices))
     path = write_results("dwconv", "per layer: median of CUDA-event timings of CUDA-graph replays after warm-up; "
                          "random inputs, channels-last; rel err of the fused kernels vs the float32 conv",
-                         records, totals=totals)
+                         records, totals=totals, choices=choices, sweep=args.sweep)
     print(f"wrote {path}")
+    if args.write_table:
+        table = Path(args.write_table)
+        table.parent.mkdir(parents=True, exist_ok=True)
+        table.write_text(json.dumps({"schema": D.TUNING_SCHEMA, "arch": arch, "source": str(path.name),
+                                     "device": torch.cuda.get_device_name(), "dtype": args.dtype,
+                                     "choices": choices}, indent=1) + "\n")
+        print(f"wrote {table}")
     return 0
 
 

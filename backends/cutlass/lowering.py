@@ -153,7 +153,6 @@ class DwPlan:
     k: int
     stride: int
     padding: tuple[int, int]
-    tiled: bool = True
     kind: str = "depthwise"
 
 
@@ -178,11 +177,7 @@ def _depthwise_plan(x, w, wv, bias, res, act, act2, stride, padding, dilation) -
         why = f"C={c} (the kernel reads 16-byte vectors: C a multiple of {D.VEC})"
     if why:
         return Unsupported(f"depthwise conv with {why}: stays dense in PyTorch (cuDNN)")
-    # auto: the variant that won at this filter size on the H100 (benchmarks/results/dwconv_h100.json,
-    # MobileNetV2 + EfficientNet-B0 bs256): direct for 3x3 (2.36 ms against 2.51 tiled over MobileNetV2's
-    # 17 layers), tiled for 5x5 and up (the 5x5 layers of EfficientNet-B0: 1.73 ms against 3.0 direct)
-    tiled = mode == "tiled" or (mode == "auto" and kh >= 5)
-    return DwPlan(x, w, bias, res, act, act2, kh, s[0], _pair(padding), tiled=tiled)
+    return DwPlan(x, w, bias, res, act, act2, kh, s[0], _pair(padding))
 
 
 def gemm_weight(w: torch.Tensor) -> torch.Tensor:
@@ -284,7 +279,7 @@ class Lowering:
                              "epilogue_in_pytorch": [a if o == "act" else o for o, a in post if a != "none"]})
 
     def _lower_depthwise(self, mod, g: fx.Graph, node: fx.Node, p: DwPlan) -> None:
-        from sparsec.backends.cutlass.depthwise import DwConfig
+        from sparsec.backends.cutlass.depthwise import DwConfig, variant
 
         w = mod.get_param(p.weight.target).detach()
         out = _val(node)
@@ -293,7 +288,8 @@ class Lowering:
             raise TypeError(f"{node.name}: the kernels take fp16/bf16, got {out.dtype}")
         res = p.residual is not None
         act, act2 = p.act, p.act2
-        cfg = DwConfig(self.arch, dtype, p.k, p.stride, act, act2, res, p.tiled)
+        cfg = DwConfig(self.arch, dtype, p.k, p.stride, act, act2, res,
+                       **variant(self.arch, p.k, p.stride, knobs.get("cutlass_depthwise")))
         base = mod.fresh_param_name("dw_" + p.weight.target.replace(".", "_"))
         with g.inserting_before(node):
             wk = self._buffer(mod, g, base, w[:, 0].permute(1, 2, 0).to(out.dtype))  # [C,1,k,k] -> [k, k, C]

@@ -17,11 +17,16 @@ from sparsec.api import resolve_backend  # noqa: E402
 from sparsec.backends.cutlass import lowering  # noqa: E402
 from sparsec.passes.manager import PassContext, PassManager  # noqa: E402
 
+from .test_lowering import _randomise_bn  # noqa: E402  (trained-like BN statistics)
+
 
 def test_names_round_trip_for_every_epilogue():
     for act, act2, res, tiled in itertools.product(D.ACTS, D.ACTS, (False, True), (False, True)):
         cfg = D.DwConfig("sm_90a", "bf16", 5, 2, act, act2, res, tiled)
         assert D.DwConfig.from_name(cfg.name) == cfg and D.is_name(cfg.name)
+    for tw, occ in itertools.product((0, *D.TWS), (0, *D.OCCS)):
+        cfg = D.DwConfig("sm_80", "fp16", 3, 1, "gelu_tanh", "none", True, False, tw, occ)
+        assert D.DwConfig.from_name(cfg.name) == cfg
     with pytest.raises(ValueError, match="unknown activation"):
         D.DwConfig("sm_90a", "fp16", 3, 1, "tanh")
     with pytest.raises(ValueError, match="not in"):
@@ -47,17 +52,21 @@ def test_depthwise_convs_the_kernel_does_not_take_stay_in_pytorch_with_the_reaso
     assert not p and why in p.reason and "cuDNN" in p.reason
 
 
-def test_depthwise_plan_takes_the_kernel_shapes_and_the_knob_picks_the_variant():
+def test_depthwise_plan_takes_the_kernel_shapes_and_the_knob_picks_the_variant(tmp_path):
+    import json
+
     from sparsec import knobs
     from sparsec.errors import UsageError
 
     p = _conv_plan(kernel_size=5, stride=2, padding=2)
-    assert isinstance(p, lowering.DwPlan) and (p.k, p.stride, p.padding, p.tiled) == (5, 2, (2, 2), True)
-    assert _conv_plan(kernel_size=3, padding=1).tiled is False  # auto: direct for 3x3
-    with knobs.scope(cutlass_depthwise="tiled"):
-        assert _conv_plan(kernel_size=3, padding=1).tiled is True
-    with knobs.scope(cutlass_depthwise="direct"):
-        assert _conv_plan(kernel_size=5, padding=2).tiled is False
+    assert isinstance(p, lowering.DwPlan) and (p.k, p.stride, p.padding) == (5, 2, (2, 2))
+    with knobs.scope(cache_dir=tmp_path):  # no table: tiled for 5x5 and up, direct for 3x3
+        assert D.variant("sm_90a", 5, 2)["tiled"] and not D.variant("sm_90a", 3, 1)["tiled"]
+        (tmp_path / "tuning").mkdir()
+        (tmp_path / "tuning" / "dw_sm_90a.json").write_text(json.dumps(
+            {"schema": D.TUNING_SCHEMA, "choices": {"k3s1": {"tiled": True, "tw": 8, "occ": 2}}}))
+        assert D.variant("sm_90a", 3, 1) == {"tiled": True, "tw": 8, "occ": 2}  # the measured table wins
+        assert D.variant("sm_90a", 3, 1, "direct") == {"tiled": False, "tw": 0, "occ": 0}
     with knobs.scope(cutlass_depthwise="none"):
         assert "SPARSEC_CUTLASS_DEPTHWISE=none" in _conv_plan(kernel_size=3, padding=1).reason
     with knobs.scope(cutlass_depthwise="fast"), pytest.raises(UsageError, match="auto, tiled, direct or none"):
@@ -74,12 +83,6 @@ class _Mobile(nn.Module):
         self.dw = nn.Sequential(nn.Conv2d(48, 48, 3, padding=1, groups=48, bias=False), nn.BatchNorm2d(48), nn.ReLU6())
         self.project = nn.Sequential(nn.Conv2d(48, 16, 1, bias=False), nn.BatchNorm2d(16))
         self.dw5 = nn.Sequential(nn.Conv2d(16, 16, 5, stride=2, padding=2, groups=16), nn.SiLU())
-        for bn in self.modules():
-            if isinstance(bn, nn.BatchNorm2d):
-                bn.running_mean.uniform_(-0.3, 0.3)
-                bn.running_var.uniform_(0.5, 1.5)
-                bn.weight.data.uniform_(0.5, 1.5)
-                bn.bias.data.uniform_(-0.3, 0.3)
 
     def forward(self, x):
         x = self.stem(x)
@@ -91,7 +94,7 @@ def test_lowered_depthwise_convs_match_the_unlowered_graph_on_the_cpu():
     """h100 pipeline + lowering, run on the CPU: the GEMM and depthwise ops' reference kernels compute what
     the fused graph before lowering computed (the weight repacking, NHWC permutes and epilogues)."""
     torch.manual_seed(0)
-    model = _Mobile().eval()
+    model = _randomise_bn(_Mobile()).eval()
     tgt = sparsec.registry().get("target", "h100")
     backend = resolve_backend(tgt)
     mod = sparsec.trace(model, (torch.randn(2, 3, 20, 20),))
@@ -100,7 +103,7 @@ def test_lowered_depthwise_convs_match_the_unlowered_graph_on_the_cpu():
     lowered = backend.lower(mod, tgt)
     layers = lowered.section["layers"]
     dws = [r for r in layers if r["kind"] == "depthwise"]
-    assert [r["config"] for r in dws] == ["dw_sm_90a_fp16_k3s1_relu6_none_direct", "dw_sm_90a_fp16_k5s2_silu_none"]
+    assert [D.DwConfig.from_name(r["config"]).k for r in dws] == [3, 5]
     assert all(n in lowered.section["kernels"] for n in (r["config"] for r in dws))
     calls = [n for n in mod.graph.nodes if n.op == "call_function" and n.target is torch.ops.sparsec.dwconv2d.default]
     assert len(calls) == 2
@@ -163,13 +166,24 @@ def _f64_reference(x, w, bias, res, k, stride, pad, act, act2):
     return ACTIVATIONS[act2](y).permute(0, 2, 3, 1)
 
 
+VARIANTS = [(True, 0, 0), (False, 0, 0), (True, 8, 2), (False, 1, 3), (True, 2, 4)]
+
+
+@pytest.fixture(scope="module")
+def built():
+    """Every kernel the GPU cases run, built at once (parallel nvcc) rather than one per test."""
+    arch = _gpu()
+    D.preload([D.DwConfig(arch, c[0], c[1], c[2], c[3], c[4], c[5], *v) for c in CASES for v in VARIANTS])
+    return arch
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("tiled", [True, False], ids=["tiled", "direct"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{'tiled' if v[0] else 'direct'}-tw{v[1]}-o{v[2]}")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c[:6] + c[-3:])))
-def test_kernel_matches_float64_on_the_gpu(case, tiled):
+def test_kernel_matches_float64_on_the_gpu(case, variant, built):
     from sparsec.backends.cutlass.runtime import poisoned_outputs
 
-    arch = _gpu()
+    arch = built
     dtype, k, s, act, act2, res, n, h, w, c = case
     dt = D.DTYPES[dtype]
     g = torch.Generator(device="cuda").manual_seed(hash(case) % 1000)
@@ -179,7 +193,7 @@ def test_kernel_matches_float64_on_the_gpu(case, tiled):
     bias = torch.randn(c, device="cuda", generator=g).to(dt)
     oh, ow = D.out_size(h, k, s, pad), D.out_size(w, k, s, pad)
     r = torch.randn(n, oh, ow, c, device="cuda", generator=g).to(dt) if res else None
-    cfg = D.DwConfig(arch, dtype, k, s, act, act2, res, tiled)
+    cfg = D.DwConfig(arch, dtype, k, s, act, act2, res, *variant)
     with poisoned_outputs():
         y = torch.ops.sparsec.dwconv2d(x, wt, bias, r, [pad, pad], cfg.name)
     torch.cuda.synchronize()
