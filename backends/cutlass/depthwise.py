@@ -6,9 +6,11 @@ around it on a GPU is the unfused epilogue: PyTorch runs cuDNN's conv, then the 
 activation, each a full pass over the output (on an H100, MobileNetV2 fp16 bs256 spent 2.1 ms in
 the bias adds and 0.9 ms in the ReLU6s against 1.0 ms in the convs: ``benchmarks/e2e_profile.py``).
 CUTLASS 4.2's depthwise kernels (``DepthwiseDirect2dConvFprop``, example 46) are SIMT kernels with the
-filter size, stride and dilation fixed at compile time and a tile shape to tune per layer; the kernel
-here needs no tuning: it reads each input element once from DRAM, computes in float32 and writes the
-output once, with ``act2(act(conv + bias) + residual)`` applied on the way out.
+filter size, stride and dilation fixed at compile time, a tile shape to tune per layer and no fused
+activation-after-residual epilogue. The kernel here is short and has a handful of launch variants,
+tuned once per filter size and stride: it aims to read each input element once from DRAM, computes
+in float32 and writes the output once, with ``act2(act(conv + bias) + residual)`` applied on the
+way out.
 
 Layout and contract (what :func:`dwconv2d` takes)::
 
@@ -23,16 +25,19 @@ row (``TW`` = 4 at stride 1, 2 at stride 2), so the input columns they share are
 registers. Two variants (``SPARSEC_CUTLASS_DEPTHWISE``): ``tiled`` copies each block's input tile
 (8 output rows x 4 strips, halo included, as many channel vectors as 48 KB hold) into shared memory
 with coalesced loads first; ``direct`` reads every tap from global memory and leaves the halo
-re-reads to L1/L2. ``auto`` (the default) takes direct for 3x3 and tiled for 5x5 and 7x7, the
-winners on the H100 (``benchmarks/dwconv.py`` times both against cuDNN per layer).
+re-reads to L1/L2. Each also has an outputs-per-thread count (``tw``) and a blocks-per-SM bound
+(``occ``, which caps registers: the default build of a 3x3 kernel takes ~90-110 registers, two
+blocks of 256 threads per SM). ``auto`` (the default) takes the variant of the measured table
+(:func:`variant`), else direct for 3x3 and tiled for 5x5 and up. ``benchmarks/dwconv.py`` times
+them against cuDNN per layer; ``--sweep --write-table`` writes the table.
 
-Where it stands (``benchmarks/results/dwconv_h100.json``, fp16 bs256, ``auto``): fused, it beats cuDNN's
-conv followed by PyTorch's bias add and activation on 31 of the 33 layers (MobileNetV2's 17: 2.36 ms
-against 3.83; EfficientNet-B0's 16: 3.38 against 4.13), but it is still 1.7-2.1x slower than
-cuDNN's conv *alone* (1.38 and 1.62 ms): it reaches about half of the H100's memory bandwidth. Not
-tried yet: half2 arithmetic, more outputs per thread, and overlapping the tile load with compute.
+Where it stands (``benchmarks/results/dwconv_h100.json``, fp16 bs256, the shipped table's variants):
+2.07 ms over MobileNetV2's 17 layers and 2.91 ms over EfficientNet-B0's 16, against 3.84 and 4.15 ms
+for cuDNN's conv followed by PyTorch's bias add and activation, but 1.37 and 1.63 ms for cuDNN's conv
+alone: on the large layers the kernel moves 1.0-1.9 TB/s of the H100's ~3 TB/s. Not tried yet: half2
+arithmetic, overlapping the tile load with compute (cp.async), more rows per thread.
 
-One library per :class:`DwConfig` (arch, dtype, k, stride, act, act2, residual): a model needs a
+One library per :class:`DwConfig` (arch, dtype, k, stride, act, act2, residual, variant): a model needs a
 handful (MobileNetV2: 2, EfficientNet-B0: 4). They build in seconds through the backend's kernel
 cache (:mod:`.build`) and run on torch's current stream, so CUDA-graph capture takes them.
 """
