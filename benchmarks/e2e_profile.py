@@ -23,6 +23,9 @@ import torch
 
 from sparsec.backends import bench
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment  # noqa: E402
+
 CLASSES = (  # first match wins: (class, kernel-name pattern)
     ("sparsec-gemm", r"cutlass|sparsec_gemm|gemm24|Sm90|sm90|sm80"),
     ("depthwise", r"depthwise|dwconv|conv_depthwise"),
@@ -86,8 +89,9 @@ def main(argv=None) -> int:
     dt = bench.DTYPES[args.dtype]
     x = torch.randn(args.batch, 3, 224, 224, device="cuda").to(dt)
     work = Path(tempfile.mkdtemp(prefix="sparsec-prof-"))
-    result = {"model": args.model, "batch": args.batch, "dtype": args.dtype, "device": torch.cuda.get_device_name(),
-              "torch": torch.__version__, "variants": {}}
+    result = {"kind": "profile", **environment(), "model": args.model, "batch": args.batch, "dtype": args.dtype,
+              "method": f"torch.profiler CUDA kernel times, {args.iters} eager forwards after 3 warm-ups, per forward",
+              "variants": {}}
     for v in args.variants.split(","):
         if v.startswith("inductor-"):
             mode = v.removeprefix("inductor-")
