@@ -16,7 +16,10 @@ Variants (each in every ``--dtypes`` dtype; the PyTorch ones channels-last), in 
   sparse kernel beats the tuned dense one on that shape);
 * ``sparsec-pruned-24``: pruned, then ``sparsify-2-4{cost-model=--pruned-cost-model}`` on ``h100-sparse``
   (default ``shape``: the tuning DB holds the unpruned shapes only, so ``measured`` would keep every
-  pruned layer dense).
+  pruned layer dense);
+* ``artifact:<name>``: each ``--artifacts`` entry, an artifact ``sparsec compile`` wrote, loaded with
+  ``sparsec.load`` and replayed as one CUDA graph, in the group of its model, batch and compute dtype
+  (its weights are its own, so it is timed but not compared with a reference here).
 
 Speedups are against ``--baseline`` (default: ``inductor-max-autotune`` when measured, else the first
 inductor variant, else ``eager``).
@@ -93,6 +96,51 @@ class Plan:
     batches: tuple[int, ...]
     variants: tuple[str, ...]  # expanded: inductor -> inductor-<mode> per mode
     baseline: str
+    artifacts: tuple["ArtifactVariant", ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactVariant:
+    """A compiled artifact (``sparsec compile ... -o PATH``) timed as variant ``artifact:<name>``, in the group of
+    its model, batch and compute dtype, read from its manifest."""
+
+    variant: str
+    path: str
+    model: str
+    batch: int
+    dtype: str  # the 16-bit dtype its program computes in
+    input_dtype: str  # what its program takes: "f32" (cast inside) or the compute dtype
+    flops: int | None = None  # per image, of its (possibly pruned) graph: the manifest's total / batch
+
+
+def read_artifact(path: str, models: list[str], batches: list[int]) -> ArtifactVariant:
+    """``--artifacts`` entry -> :class:`ArtifactVariant`, or UsageError naming what does not fit the run."""
+    from collections import Counter
+
+    where = Path(path)
+    try:
+        manifest = json.loads((where / "manifest.json").read_text())
+        tensors = manifest["inputs"]["tensors"]
+        name = manifest["name"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--artifacts entry '{path}' is not a sparsec artifact", where=str(where / "manifest.json"),
+                         actual=f"{type(exc).__name__}: {exc}",
+                         fix="give the directory `sparsec compile ... -o PATH` wrote") from None
+    if len(tensors) != 1 or list(tensors[0]["shape"])[1:] != [3, 224, 224]:
+        raise UsageError(f"artifact '{path}' takes {[t['shape'] for t in tensors]}", expected="one [B, 3, 224, 224] input",
+                         fix="compile it with --input-shape B,3,224,224 (the bench's inputs)")
+    batch = int(tensors[0]["shape"][0])
+    if name not in models or batch not in batches:
+        raise UsageError(f"artifact '{path}' is {name} at batch {batch}, which this run does not measure",
+                         expected=f"--models with {name} and --batches with {batch}",
+                         actual=f"--models {','.join(models)} --batches {','.join(map(str, batches))}",
+                         fix=f"add {name} to --models and {batch} to --batches")
+    half = Counter(n["output"].split("[")[0] for n in manifest.get("nodes", [])
+                   if n.get("output", "").startswith(("f16[", "bf16[")))
+    dtype = {"f16": "fp16", "bf16": "bf16"}[half.most_common(1)[0][0]] if half else "fp16"
+    total = manifest.get("totals", {}).get("flops")
+    return ArtifactVariant(f"artifact:{where.name}", str(where), name, batch, dtype, tensors[0]["dtype"],
+                           int(total) // batch if total else None)
 
 
 def _split(text: str, what: str, allowed=None) -> list[str]:
@@ -145,8 +193,17 @@ def plan(args) -> Plan:
             raise UsageError(f"--batches entry {b!r} is not a positive integer", actual=args.batches, fix="e.g. --batches 1,32,256")
         batches.append(int(b))
     prune_ratios(args.prune_ratio, _split(args.models, "--models"))  # checked before any GPU work
-    return Plan(models=tuple(_split(args.models, "--models")), dtypes=tuple(_split(args.dtypes, "--dtypes", tuple(DTYPES))),
-                batches=tuple(batches), variants=tuple(variants), baseline=choose_baseline(variants, args.baseline))
+    models = _split(args.models, "--models")
+    dtypes = _split(args.dtypes, "--dtypes", tuple(DTYPES))
+    artifacts = tuple(read_artifact(a, models, batches) for a in _split(args.artifacts, "--artifacts")) \
+        if getattr(args, "artifacts", None) else ()
+    for a in artifacts:
+        if a.dtype not in dtypes:
+            raise UsageError(f"artifact '{a.path}' computes in {a.dtype}, which this run does not measure",
+                             expected=f"--dtypes with {a.dtype}", actual=args.dtypes)
+    variants = [*variants, *(a.variant for a in artifacts)]
+    return Plan(models=tuple(models), dtypes=tuple(dtypes), batches=tuple(batches), variants=tuple(variants),
+                baseline=choose_baseline(variants, args.baseline), artifacts=artifacts)
 
 
 # ---------------------------------------------------------------- measuring
@@ -365,6 +422,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="", help="suffix of the output file name: e2e_<gpu>[_TAG].json")
     ap.add_argument("--from-json", default=None, metavar="JSON",
                     help="measure nothing: redraw the figures beside JSON (an e2e results file) and print its table")
+    ap.add_argument("--artifacts", default=None,
+                    help="comma-separated artifacts from `sparsec compile` (B x 3 x 224 x 224 input), each timed as "
+                         "variant artifact:<dir name> beside the others in the group of its model, batch and dtype")
     ap.add_argument("--tvm-artifacts", default=None,
                     help="folder of prebuilt tvm artifacts for the tvm* variants (backends/tvm/bench.py)")
     args = ap.parse_args(argv)
@@ -394,6 +454,9 @@ def main(argv=None) -> int:
                                   generator=torch.Generator(device="cuda").manual_seed(99)).to(dt)
             group: list[dict] = []
             for v in p.variants:
+                art = next((a for a in p.artifacts if a.variant == v), None)
+                if art is not None and (art.model, art.batch, art.dtype) != (name, batch, dtype):
+                    continue  # an artifact runs in the group of its own model, batch and dtype only
                 print(f"{_clock(t_start)} ({i_group}/{n_groups}) {name} {dtype} bs{batch} {v}: building"
                       + (" (max-autotune: minutes)" if "max-autotune" in v else ""), flush=True)
                 gc.collect()
@@ -420,6 +483,18 @@ def main(argv=None) -> int:
                         fn = torch.no_grad()(m)
                         with torch.no_grad():
                             rel, top1 = compare(m(check_x), ref)
+                    elif v.startswith("artifact:"):  # a user's artifact: its own model, batch and dtype only
+                        import sparsec
+
+                        t0 = time.perf_counter()
+                        loaded = sparsec.load(art.path)
+                        compile_s = time.perf_counter() - t0  # loading (kernels from the cache); compiled earlier
+                        cast = torch.float32 if art.input_dtype == "f32" else dt
+                        inputs_v = [x.to(cast) for x in inputs]
+                        with torch.no_grad():  # its weights are not the bench's: no reference to compare with
+                            y = _first(loaded(check_x.to(cast)))
+                        rel = top1 = None
+                        info = {"artifact": art.path, "flops": art.flops, "finite_output": bool(torch.isfinite(y).all())}
                     elif v.startswith("tvm"):  # tvm, tvm-24 (+ -graph): prebuilt artifacts, backends/tvm/bench.py
                         from sparsec.backends.tvm.bench import tvm_variant
 
@@ -441,8 +516,8 @@ def main(argv=None) -> int:
                     ref = None  # the reference does not count in the running peak
                     gc.collect()
                     torch.cuda.reset_peak_memory_stats()
-                    if v.startswith("sparsec-"):
-                        fn, prepare, holder = graphed(loaded, inputs[0])
+                    if v.startswith(("sparsec-", "artifact:")):
+                        fn, prepare, holder = graphed(loaded, inputs_v[0])
                     rounds = time_variant(fn, inputs_v, repeats=args.repeats, iters=args.iters, warmup=args.warmup,
                                           prepare=prepare)
                 except Exception as exc:  # noqa: BLE001 -- one failing variant must not lose the others
@@ -458,9 +533,10 @@ def main(argv=None) -> int:
                 group.append(rec)
                 records.append(rec)
                 attach_speedups(group, p.baseline)
+                check = "not checked" if rel is None else f"rel err {rel:.2e}, top-1 {top1:.3f}"
                 print(f"{_clock(t_start)} {name} {dtype} bs{batch} {v}: {rec['latency_ms_median']:.3f} ms "
-                      f"(p90 {rec['latency_ms_p90']:.3f}), {rec['throughput_img_s']:.0f} img/s, rel err {rel:.2e}, "
-                      f"top-1 {top1:.3f}, compile {compile_s:.1f} s, peak {rec['peak_mem_mb']:.0f} MB "
+                      f"(p90 {rec['latency_ms_p90']:.3f}), {rec['throughput_img_s']:.0f} img/s, {check}, "
+                      f"compile {compile_s:.1f} s, peak {rec['peak_mem_mb']:.0f} MB "
                       f"(setup {rec['peak_mem_setup_mb']:.0f} MB)", flush=True)
                 fn = prepare = m = ref = loaded = holder = None  # noqa: F841 -- free this variant's memory
                 write(records, failures, args, p, inductor, final=False)  # a run cut short keeps what finished
@@ -563,6 +639,7 @@ def write(records, failures, args, p: Plan, inductor: dict | None = None, final:
         "plan": dataclasses.asdict(p),
         "kernel_configs": os.environ.get("SPARSEC_CUTLASS_CONFIGS", "tuned"),
         "kxk_policy": knobs.get("cutlass_kxk"),
+        "depthwise_policy": knobs.get("cutlass_depthwise"),
         "inductor": inductor,
         "complete": final,
         "failures": failures,
@@ -607,7 +684,7 @@ def table(records, baseline: str) -> None:
         t.add_row(r["model"], r["dtype"], str(r["batch"]), r["variant"], f"{r['latency_ms_median']:.3f}",
                   f"{r['latency_ms_p90']:.3f}", f"{r['throughput_img_s']:.0f}", _fmt(sp, ".2f"),
                   f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-", _fmt(p, ".1e"),
-                  f"{r['max_rel_err_vs_reference']:.1e}", f"{r['top1_agreement_vs_reference']:.3f}",
+                  _fmt(r['max_rel_err_vs_reference'], '.1e'), _fmt(r['top1_agreement_vs_reference'], '.3f'),
                   f"{r['compile_s']:.1f}", f"{r['peak_mem_mb']:.0f}", _fmt(r.get("peak_mem_setup_mb"), ".0f"))
     Console(width=220).print(t)
 

@@ -21,6 +21,9 @@ _VARIANTS = "eager,inductor,sparsec-dense,sparsec-24,sparsec-pruned,sparsec-prun
               help="prune-channels round-to (8: the widths of the accuracy experiment).")
 @click.option("--variants", default=_VARIANTS,
               help="Comma-separated variants, side by side; 'inductor' is one variant per --inductor-modes entry.")
+@click.option("--artifacts", default=None,
+              help="Comma-separated artifacts from `sparsec compile` (input B,3,224,224), each timed as variant "
+                   "artifact:<dir name> in the group of its model, batch and dtype.")
 @click.option("--inductor-modes", default="default",
               help="Comma-separated torch.compile modes, from default,max-autotune,max-autotune-no-cudagraphs,"
                    "reduce-overhead (max-autotune takes minutes per shape).")
@@ -50,6 +53,9 @@ def bench_cmd(**opts) -> None:
 
     Example:
       sparsec bench --models resnet50 --batches 1,32,256 --dtypes fp16,bf16 --inductor-modes default,max-autotune
+
+      sparsec compile zoo:torchvision/resnet50 --target h100-sparse --input-shape 256,3,224,224 -o r50.sparsec
+      sparsec bench --models resnet50 --batches 256 --artifacts r50.sparsec --inductor-modes max-autotune
     """
     from sparsec.backends.bench import main
 

@@ -157,6 +157,12 @@ def _macs(n: fx.Node, hints) -> int:
         conv_hw = [(_dim(x[2 + i], hints) + 2 * a["padding"][i] - a["dilation"][i] * (w[2 + i] - 1) - 1)
                    // a["stride"][i] + 1 for i in range(2)]  # the conv's output size, before any pooling
         return _dim(x[0], hints) * w[0] * conv_hw[0] * conv_hw[1] * w[1] * w[2] * w[3]
+    if name in ("sparsec.gemm_dense", "sparsec.gemm24"):  # lowered GEMMs (backends/cutlass): x [..., K] -> [..., m]
+        x = _shape(n.args[0])  # dense-equivalent MACs: 2:4 zeros are not subtracted, as everywhere here
+        return _numel(out, hints) * _dim(x[-1], hints) if out and x else 0
+    if name == "sparsec.dwconv2d":  # lowered depthwise conv: weight [k, k, C], each output element k*k MACs
+        w = _shape(n.args[1])
+        return _numel(out, hints) * w[0] * w[1] if out and w else 0
     if name == "sparsec.fused_linear":
         w = _shape(ops.args_of(n)["weight"])
         return _numel(out, hints) * w[1] if out and w else 0

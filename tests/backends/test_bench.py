@@ -243,3 +243,45 @@ def test_prune_ratio_is_one_for_all_models_or_one_per_model():
             bench.prune_ratios(bad, ["resnet50", "mobilenet_v2"])
     with pytest.raises(bench.UsageError, match="--prune-ratio"):
         _plan("--models", "resnet50,mobilenet_v2", "--prune-ratio", "resnet50=0.5")
+
+
+# ---------------------------------------------------------------- compiled artifacts as variants
+
+@pytest.fixture(scope="module")
+def r18_artifact(tmp_path_factory):
+    """What `sparsec compile zoo:torchvision/resnet18 --target h100 --input-shape 1,3,224,224` writes (no GPU)."""
+    out = tmp_path_factory.mktemp("art") / "r18.sparsec"
+    res = CliRunner().invoke(cli, ["compile", "zoo:torchvision/resnet18", "--target", "h100", "--input-shape",
+                                   "1,3,224,224", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_an_artifact_becomes_a_variant_of_its_model_batch_and_dtype(r18_artifact):
+    p = _plan("--models", "resnet18", "--artifacts", str(r18_artifact), "--variants", "eager,inductor")
+    assert p.variants == ("eager", "inductor-default", "artifact:r18.sparsec")
+    (a,) = p.artifacts
+    assert (a.model, a.batch, a.dtype, a.input_dtype, a.path) == ("resnet18", 1, "fp16", "f32", str(r18_artifact))
+    assert a.flops == bench.dense_cost("resnet18")[0]  # not pruned: the dense FLOPs per image
+    assert p.baseline == "inductor-default"
+
+
+def test_an_artifact_outside_the_run_is_a_usage_error_naming_the_fix(r18_artifact, tmp_path):
+    with pytest.raises(bench.UsageError, match="is resnet18 at batch 1, which this run does not measure") as e:
+        _plan("--artifacts", str(r18_artifact))  # --models resnet50
+    assert "add resnet18 to --models" in str(e.value)
+    with pytest.raises(bench.UsageError, match="computes in fp16, which this run does not measure"):
+        _plan("--models", "resnet18", "--dtypes", "bf16", "--artifacts", str(r18_artifact))
+    with pytest.raises(bench.UsageError, match="is not a sparsec artifact"):
+        _plan("--artifacts", str(tmp_path))
+    fake = tmp_path / "small.sparsec"
+    fake.mkdir()
+    (fake / "manifest.json").write_text('{"name": "resnet18", "inputs": {"tensors": [{"shape": [1, 3, 64, 64], '
+                                        '"dtype": "f32"}]}, "nodes": []}')
+    with pytest.raises(bench.UsageError, match="--input-shape B,3,224,224"):
+        _plan("--models", "resnet18", "--artifacts", str(fake))
+
+
+def test_cli_checks_the_artifacts_before_looking_for_a_gpu(tmp_path):
+    res = CliRunner().invoke(cli, ["bench", "--models", "resnet18", "--artifacts", str(tmp_path / "missing.sparsec")])
+    assert res.exit_code == 2 and "is not a sparsec artifact" in res.stderr

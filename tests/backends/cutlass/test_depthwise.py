@@ -54,14 +54,17 @@ def test_depthwise_convs_the_kernel_does_not_take_stay_in_pytorch_with_the_reaso
 
 def test_depthwise_plan_takes_the_kernel_shapes_and_the_knob_picks_the_variant(tmp_path):
     import json
+    from pathlib import Path
 
     from sparsec import knobs
     from sparsec.errors import UsageError
 
     p = _conv_plan(kernel_size=5, stride=2, padding=2)
     assert isinstance(p, lowering.DwPlan) and (p.k, p.stride, p.padding) == (5, 2, (2, 2))
-    with knobs.scope(cache_dir=tmp_path):  # no table: tiled for 5x5 and up, direct for 3x3
-        assert D.variant("sm_90a", 5, 2)["tiled"] and not D.variant("sm_90a", 3, 1)["tiled"]
+    with knobs.scope(cache_dir=tmp_path):
+        assert D.variant("sm_80", 5, 2)["tiled"] and not D.variant("sm_80", 3, 1)["tiled"]  # no table: by filter size
+        shipped = json.loads((Path(D.__file__).parent / "tuned" / "dw_sm_90a.json").read_text())["choices"]["k3s1"]
+        assert D.variant("sm_90a", 3, 1) == {k: shipped[k] for k in ("tiled", "tw", "occ")}
         (tmp_path / "tuning").mkdir()
         (tmp_path / "tuning" / "dw_sm_90a.json").write_text(json.dumps(
             {"schema": D.TUNING_SCHEMA, "choices": {"k3s1": {"tiled": True, "tw": 8, "occ": 2}}}))
@@ -107,6 +110,9 @@ def test_lowered_depthwise_convs_match_the_unlowered_graph_on_the_cpu():
     assert all(n in lowered.section["kernels"] for n in (r["config"] for r in dws))
     calls = [n for n in mod.graph.nodes if n.op == "call_function" and n.target is torch.ops.sparsec.dwconv2d.default]
     assert len(calls) == 2
+    from sparsec.ir import Cost
+
+    assert mod.analysis(Cost).total_flops == ref.analysis(Cost).total_flops  # kernel calls keep their MACs
     x = torch.randn(2, 3, 20, 20).half()  # fresh values (the batch is static)
     with torch.no_grad():
         y, r = mod.gm(x), ref.gm(x)
