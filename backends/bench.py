@@ -196,7 +196,7 @@ def plan(args) -> Plan:
     models = _split(args.models, "--models")
     dtypes = _split(args.dtypes, "--dtypes", tuple(DTYPES))
     artifacts = tuple(read_artifact(a, models, batches) for a in _split(args.artifacts, "--artifacts")) \
-        if getattr(args, "artifacts", None) else ()
+        if args.artifacts else ()
     for a in artifacts:
         if a.dtype not in dtypes:
             raise UsageError(f"artifact '{a.path}' computes in {a.dtype}, which this run does not measure",

@@ -158,7 +158,7 @@ class CutlassBackend(Backend):
         if build_mode == "compile" and kernels:
             from sparsec.backends.cutlass import build
 
-            build.build(_buildables(kernels), progress=True)
+            build.build([_kernel_named(n) for n in kernels], progress=True)
         work = tempfile.TemporaryDirectory(prefix="sparsec-cutlass-")
         kpath, tpath = Path(work.name) / KERNELS_FILE, Path(work.name) / TUNING_FILE
         kpath.write_text(json.dumps({"arch": target.arch, "kernels": kernels}, indent=1, sort_keys=True) + "\n")
@@ -217,13 +217,12 @@ def _kernel_ops():
     return {torch.ops.sparsec.gemm24.default, torch.ops.sparsec.gemm_dense.default, torch.ops.sparsec.dwconv2d.default}
 
 
-def _buildables(names) -> list:
-    """What ``build.build`` takes for these kernel names: GEMM configs, and depthwise kernels' sources."""
+def _kernel_named(name: str):
+    """The kernel a layer's config name runs: a depthwise kernel, or the GEMM library :func:`kernel_of` picks."""
     from sparsec.backends.cutlass import depthwise
     from sparsec.backends.cutlass.config import KernelConfig
 
-    return [depthwise.source(depthwise.DwConfig.from_name(n)) if depthwise.is_name(n) else KernelConfig.from_name(n)
-            for n in names]
+    return depthwise.DwConfig.from_name(name) if depthwise.is_name(name) else kernel_of(KernelConfig.from_name(name))
 
 
 def preload(names) -> None:
@@ -247,18 +246,10 @@ def _tuning_db(arch: str) -> tuple[dict, str]:
 
 def _kernel_table(configs: list[str]) -> dict:
     """kernel name -> {source, flags, arch}: what a GPU host needs to rebuild each kernel."""
-    from sparsec.backends.cutlass.build import CXX_FLAGS
-    from sparsec.backends.cutlass.codegen import emit, nvcc_arch_flags
-    from sparsec.backends.cutlass.config import KernelConfig
-
-    from sparsec.backends.cutlass import depthwise
+    from sparsec.backends.cutlass.build import as_source, kernel_flags
 
     out = {}
     for name in configs:
-        if depthwise.is_name(name):
-            out[name] = depthwise.kernel_table_entry(name)
-            continue
-        k = kernel_of(KernelConfig.from_name(name))
-        out[k.name] = {"symbol": k.symbol, "arch": k.arch, "flags": [*CXX_FLAGS, *nvcc_arch_flags(k.arch)],
-                       "source": emit(k)}
+        k = _kernel_named(name)
+        out[k.name] = {"symbol": k.symbol, "arch": k.arch, "flags": kernel_flags(k), "source": as_source(k).text}
     return out

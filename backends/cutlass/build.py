@@ -107,8 +107,13 @@ class Source:
     arch: str
 
 
-def as_source(item: "KernelConfig | Source") -> Source:
-    return item if isinstance(item, Source) else Source(item.lib_name, emit(item), item.arch)
+def as_source(item) -> Source:
+    """The translation unit of ``item``: a :class:`Source` as is; a config with its own ``to_source()`` (a
+    depthwise kernel, :mod:`.depthwise`) gives it; a :class:`KernelConfig` is emitted by :mod:`.codegen`."""
+    if isinstance(item, Source):
+        return item
+    to_source = getattr(item, "to_source", None)
+    return to_source() if to_source is not None else Source(item.lib_name, emit(item), item.arch)
 
 
 def compressor_source(dtype: str, tile_k: int) -> Source:

@@ -118,12 +118,19 @@ class DwConfig:
         return "sparsec_" + self.name
 
     @classmethod
+    @functools.lru_cache(maxsize=None)  # the op parses its config name on every call
     def from_name(cls, name: str) -> "DwConfig":
         m = _NAME.match(name)
         if not m:
             raise ValueError(f"not a depthwise kernel name: {name!r}")
         arch, dtype, k, s, act, act2, res, direct, tw, occ = m.groups()
         return cls(arch, dtype, int(k), int(s), act, act2, bool(res), not direct, int(tw or 0), int(occ or 0))
+
+    def to_source(self):
+        """This kernel's translation unit, for :mod:`.build` (its cache, parallel nvcc, ``kernels.json``)."""
+        from sparsec.backends.cutlass.build import Source
+
+        return Source(self.name, emit(self), self.arch)
 
     @property
     def outputs_per_thread(self) -> int:
@@ -344,12 +351,6 @@ extern "C" int {cfg.symbol}(const void* x, const void* w, const void* bias, cons
 """
 
 
-def source(cfg: DwConfig):
-    from sparsec.backends.cutlass.build import Source
-
-    return Source(cfg.name, emit(cfg), cfg.arch)
-
-
 # ---------------------------------------------------------------- choosing a variant
 
 TUNING_SCHEMA = "sparsec.dw-tuning/1"
@@ -408,9 +409,9 @@ def preload(configs) -> None:
     todo = [c for c in configs if c.name not in _libs]
     if not todo:
         return
-    paths = build.build([source(c) for c in todo])
+    paths = build.build(todo)
     for c in todo:
-        _bind(c, paths[source(c)])
+        _bind(c, paths[c])
 
 
 def _kernel(cfg: DwConfig):
@@ -491,13 +492,3 @@ def reference(x, weight, bias, residual, padding, config) -> torch.Tensor:
 
 
 torch.library.register_kernel("sparsec::dwconv2d", "cpu", reference)
-
-
-@functools.lru_cache(maxsize=None)
-def kernel_table_entry(name: str) -> dict:
-    """kernels.json entry of a depthwise kernel: what a GPU host needs to rebuild it."""
-    from sparsec.backends.cutlass.build import CXX_FLAGS
-    from sparsec.backends.cutlass.codegen import nvcc_arch_flags
-
-    cfg = DwConfig.from_name(name)
-    return {"symbol": cfg.symbol, "arch": cfg.arch, "flags": [*CXX_FLAGS, *nvcc_arch_flags(cfg.arch)], "source": emit(cfg)}

@@ -287,8 +287,7 @@ class Lowering:
         if dtype is None:
             raise TypeError(f"{node.name}: the kernels take fp16/bf16, got {out.dtype}")
         res = p.residual is not None
-        act, act2 = p.act, p.act2
-        cfg = DwConfig(self.arch, dtype, p.k, p.stride, act, act2, res,
+        cfg = DwConfig(self.arch, dtype, p.k, p.stride, p.act, p.act2, res,
                        **variant(self.arch, p.k, p.stride, knobs.get("cutlass_depthwise")))
         base = mod.fresh_param_name("dw_" + p.weight.target.replace(".", "_"))
         with g.inserting_before(node):

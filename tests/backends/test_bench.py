@@ -63,7 +63,7 @@ def bench_args(*argv):
     import argparse
 
     ns = argparse.Namespace(models="resnet50", batches="1,32,256", dtypes="fp16", variants=",".join(bench.VARIANTS),
-                            inductor_modes="default", baseline=None, prune_ratio="0.3")
+                            inductor_modes="default", baseline=None, prune_ratio="0.3", artifacts=None)
     for key, value in zip(argv[::2], argv[1::2]):
         setattr(ns, key.lstrip("-").replace("-", "_"), value)
     return ns
