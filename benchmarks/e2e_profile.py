@@ -26,9 +26,9 @@ from sparsec.backends import bench
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment  # noqa: E402
 
-CLASSES = (  # first match wins: (class, kernel-name pattern)
-    ("sparsec-gemm", r"cutlass|sparsec_gemm|gemm24|Sm90|sm90|sm80"),
-    ("depthwise", r"depthwise|dwconv|conv_depthwise"),
+CLASSES = (  # first match wins: (class, kernel-name pattern); cuDNN's kernels are named sm80_/sm90_xmma_...
+    ("depthwise", r"depthwise|dwconv"),
+    ("sparsec-gemm", r"cutlass"),
     ("conv(cudnn)", r"conv|cudnn|implicit_gemm|xmma|fprop|sm90_xmma"),
     ("gemm(cublas/triton-mm)", r"gemm|cublas|nvjet|triton_tem|mm_"),
     ("triton-fused", r"^triton_"),
