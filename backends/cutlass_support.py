@@ -16,6 +16,7 @@ Declared (16-bit tensor-core kernels, fp16/bf16 only)::
     sparsec.conv2d_pool                   the same convs, with a pooling epilogue
     sparsec.fused_linear, aten.linear,    GEMM with a fused epilogue
     aten.mm, aten.addmm
+    sparsec.squeeze_excite                channel sums, the two fcs and the channel scale (C % 8 == 0)
 
 Not taken (they stay in PyTorch, with the reason): fp32/fp64 graphs, grouped
 convs that are not depthwise, transposed and 1-D/3-D convs, channel counts
@@ -80,6 +81,8 @@ class CutlassSupport:
             return self._conv(node, F)
         if t in (F.fused_linear,) or t in ops.LINEAR or t in _GEMMS:
             return self._gemm(node, F)
+        if t is F.squeeze_excite:
+            return self._squeeze_excite(node)
         name = ops.op_name(t)
         if t in _POOLS:
             return Unsupported(f"{name}: pooling is not a CUTLASS kernel; stays in PyTorch "
@@ -129,6 +132,18 @@ class CutlassSupport:
         else:
             kind = f"implicit-GEMM {kh}x{kw} conv"
         return self._sparse_ok(w, f"cutlass: {kind}, {epilogue}", n=cout, k=cin_g * kh * kw)
+
+    def _squeeze_excite(self, node: fx.Node) -> Supported | Unsupported:
+        a = ops.args_of(node)
+        for w in (a["w1"], a["w2"]):
+            bad = self._operands(a["x"], w)
+            if bad is not None:
+                return bad
+        c = int(_val(a["x"]).shape[1])
+        if c % ALIGN:
+            return Unsupported(f"squeeze-excite of C={c} channels: the kernels read 16-byte vectors (C a multiple of "
+                               f"{ALIGN}); stays in PyTorch")
+        return Supported(f"cutlass: squeeze-excite (channel sums, fc {a['act']}, fc {a['gate']}, channel scale)")
 
     # -- GEMMs ----------------------------------------------------------------------------------
     def _gemm(self, node: fx.Node, F) -> Supported | Unsupported:

@@ -15,6 +15,7 @@ PASSES = {
     "sparsify-2-4": "sparsec.passes.sparsify.apply:Sparsify24",
     "fuse-epilogue": "sparsec.passes.fusion.epilogue:FuseEpilogue",
     "fuse-conv-pool": "sparsec.passes.fusion.conv_pool:FuseConvPool",
+    "fuse-squeeze-excite": "sparsec.passes.fusion.squeeze_excite:FuseSqueezeExcite",
     "partition": "sparsec.passes.partition:BackendPartition",
 }
 
@@ -22,8 +23,9 @@ PASSES = {
 PIPELINES = {
     "default": "canonicalize,fold-bn,dce",
     "cleanup": "canonicalize,dce",
-    # fold, fuse epilogues, then conv+pool (only where forced or measured: see fuse-conv-pool)
-    "fusion": "canonicalize,fold-bn,dce,fuse-epilogue,fuse-conv-pool,dce",
+    # fold, fuse epilogues and squeeze-excite blocks, then conv+pool (only where forced or measured: see
+    # fuse-conv-pool)
+    "fusion": "canonicalize,fold-bn,dce,fuse-epilogue,fuse-squeeze-excite,fuse-conv-pool,dce",
     # for the 2:4 targets (a100-sparse, h100-sparse): the measured cost model decides per layer
     "sparse-24": "canonicalize,fold-bn,sparsify-2-4,dce",
 }
@@ -54,6 +56,7 @@ OP_LIBRARIES = (
     "sparsec.passes.fusion.ops",
     "sparsec.backends.cutlass.reference",  # sparsec::gemm24 / gemm_dense (CUDA kernels + CPU reference)
     "sparsec.backends.cutlass.depthwise",  # sparsec::dwconv2d (CUDA kernel + CPU reference)
+    "sparsec.backends.cutlass.squeeze_excite",  # sparsec::squeeze_excite_nhwc (CUDA kernels + CPU reference)
 )
 
 

@@ -16,8 +16,9 @@ implicit-GEMM sparse conv is the real fix. (The measured cost model never marks 
 im2col is in no measurement.)
 
 ``lower`` rewrites every node the ``partition`` pass gave this backend into a
-``sparsec::gemm24`` / ``sparsec::gemm_dense`` call, or for a depthwise conv a
-``sparsec::dwconv2d`` call (:mod:`.lowering`, :mod:`.depthwise`), and
+``sparsec::gemm24`` / ``sparsec::gemm_dense`` call, for a depthwise conv a
+``sparsec::dwconv2d`` call, for a squeeze-excite block a ``sparsec::squeeze_excite_nhwc``
+call (:mod:`.lowering`, :mod:`.depthwise`, :mod:`.squeeze_excite`), and
 returns the artifact's extra files:
 
 * ``kernels.json``: each kernel the program calls -- its config name, the
@@ -110,7 +111,7 @@ class CutlassBackend(Backend):
         if not verdict or node.op != "call_function":
             return verdict
         plan = lowering.plan(node)
-        if isinstance(plan, lowering.DwPlan):
+        if isinstance(plan, (lowering.DwPlan, lowering.SePlan)):
             return verdict
         if not isinstance(plan, lowering.GemmPlan):
             return plan
@@ -129,7 +130,8 @@ class CutlassBackend(Backend):
     def pipeline(self, target: Target) -> str:
         sparse = "sparsify-2-4," if target.is_sparse else ""
         dtype = target.dtypes[0]
-        return f"canonicalize,fold-bn,dce,to-channels-last,{sparse}fuse-epilogue,dce,to-dtype{{dtype={dtype}}},partition"
+        return (f"canonicalize,fold-bn,dce,to-channels-last,{sparse}fuse-epilogue,fuse-squeeze-excite,dce,"
+                f"to-dtype{{dtype={dtype}}},partition")
 
     # -- lowering -------------------------------------------------------------------------
     def lower(self, mod, target: Target):
@@ -212,26 +214,38 @@ class CutlassBackend(Backend):
 def _kernel_ops():
     import torch
 
-    from sparsec.backends.cutlass import depthwise, runtime  # noqa: F401 -- define the ops
+    from sparsec.backends.cutlass import depthwise, runtime, squeeze_excite  # noqa: F401 -- define the ops
 
-    return {torch.ops.sparsec.gemm24.default, torch.ops.sparsec.gemm_dense.default, torch.ops.sparsec.dwconv2d.default}
+    return {torch.ops.sparsec.gemm24.default, torch.ops.sparsec.gemm_dense.default, torch.ops.sparsec.dwconv2d.default,
+            torch.ops.sparsec.squeeze_excite_nhwc.default}
+
+
+def _hand_written():
+    """The families of hand-written kernels (modules with ``is_name``, a config ``from_name``, ``preload``)."""
+    from sparsec.backends.cutlass import depthwise, squeeze_excite
+
+    return ((depthwise, depthwise.DwConfig), (squeeze_excite, squeeze_excite.SeConfig))
 
 
 def _kernel_named(name: str):
-    """The kernel a layer's config name runs: a depthwise kernel, or the GEMM library :func:`kernel_of` picks."""
-    from sparsec.backends.cutlass import depthwise
+    """The kernel a layer's config name runs: a hand-written kernel, or the GEMM library :func:`kernel_of` picks."""
     from sparsec.backends.cutlass.config import KernelConfig
 
-    return depthwise.DwConfig.from_name(name) if depthwise.is_name(name) else kernel_of(KernelConfig.from_name(name))
+    for family, config in _hand_written():
+        if family.is_name(name):
+            return config.from_name(name)
+    return kernel_of(KernelConfig.from_name(name))
 
 
 def preload(names) -> None:
     """Build (what the kernel cache lacks, in parallel) and load the kernels an artifact names."""
-    from sparsec.backends.cutlass import depthwise, runtime
+    from sparsec.backends.cutlass import runtime
     from sparsec.backends.cutlass.config import KernelConfig
 
-    runtime.preload([KernelConfig.from_name(n) for n in names if not depthwise.is_name(n)])
-    depthwise.preload([n for n in names if depthwise.is_name(n)])
+    families = _hand_written()
+    runtime.preload([KernelConfig.from_name(n) for n in names if not any(f.is_name(n) for f, _ in families)])
+    for family, _ in families:
+        family.preload([n for n in names if family.is_name(n)])
 
 
 def _tuning_db(arch: str) -> tuple[dict, str]:

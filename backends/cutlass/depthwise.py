@@ -48,12 +48,12 @@ import ctypes
 import dataclasses
 import functools
 import re
-import threading
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from sparsec.backends.cutlass.handlib import KernelLibrary
 from sparsec.errors import KernelError
 
 KERNEL_SIZES = (3, 5, 7)
@@ -62,13 +62,13 @@ VEC = 8  # 16-bit elements per 16-byte access: C must be a multiple of it
 # the epilogue's activations: every one of the fused ops' (passes/fusion/ops.py ACTIVATIONS)
 ACTS = ("none", "relu", "relu6", "silu", "gelu", "gelu_tanh", "hardswish", "sigmoid")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-_CUDA_T = {"fp16": "__half", "bf16": "__nv_bfloat16"}
+CUDA_T = {"fp16": "__half", "bf16": "__nv_bfloat16"}
 _ACT_RE = "|".join(sorted(ACTS, key=len, reverse=True))  # gelu_tanh before gelu: names hold underscores
 _NAME = re.compile(rf"dw_(sm_\w+?)_(fp16|bf16)_k(\d)s(\d)_({_ACT_RE})_({_ACT_RE})(_res)?(_direct)?(?:_tw(\d))?(?:_o(\d))?$")
 TWS = (1, 2, 4, 8)
 OCCS = (1, 2, 3, 4)
 
-_ACT_CODE = {
+ACT_CODE = {
     "none": "v",
     "relu": "fmaxf(v, 0.f)",
     "relu6": "fminf(fmaxf(v, 0.f), 6.f)",
@@ -143,7 +143,7 @@ def is_name(name: str) -> bool:
 
 def emit(cfg: DwConfig) -> str:
     """The .cu source of one depthwise kernel (extern "C" launcher, see the module docstring)."""
-    t = _CUDA_T[cfg.dtype]
+    t = CUDA_T[cfg.dtype]
     header = "cuda_fp16.h" if cfg.dtype == "fp16" else "cuda_bf16.h"
     to_f = "__half2float" if cfg.dtype == "fp16" else "__bfloat162float"
     from_f = "__float2half_rn" if cfg.dtype == "fp16" else "__float2bfloat16_rn"
@@ -164,8 +164,8 @@ constexpr bool TILED = {"true" if cfg.tiled else "false"};
 constexpr int SMEM_BYTES = 48 * 1024;   // the input tile of a block (tiled)
 using T = {t};
 
-__device__ __forceinline__ float act1(float v) {{ return {_ACT_CODE[cfg.act]}; }}
-__device__ __forceinline__ float act2(float v) {{ return {_ACT_CODE[cfg.act2]}; }}
+__device__ __forceinline__ float act1(float v) {{ return {ACT_CODE[cfg.act]}; }}
+__device__ __forceinline__ float act2(float v) {{ return {ACT_CODE[cfg.act2]}; }}
 
 __device__ __forceinline__ void unpack(const uint4& u, float* f) {{
   const T* h = reinterpret_cast<const T*>(&u);
@@ -389,38 +389,12 @@ def variant(arch: str, k: int, stride: int, mode: str = "auto") -> dict:
 
 # ---------------------------------------------------------------- loading and running
 
-_lock = threading.Lock()
-_libs: dict[str, object] = {}
-
-
-def _bind(cfg: DwConfig, path: Path):
-    fn = getattr(ctypes.CDLL(str(path)), cfg.symbol)
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 8 + [ctypes.c_void_p]
-    with _lock:
-        return _libs.setdefault(cfg.name, fn)
+_kernels = KernelLibrary(DwConfig.from_name, [ctypes.c_void_p] * 5 + [ctypes.c_int] * 8 + [ctypes.c_void_p])
 
 
 def preload(configs) -> None:
     """Build (parallel nvcc, cached) and load these depthwise kernels, so that calls do no setup."""
-    from sparsec.backends.cutlass import build
-
-    configs = [DwConfig.from_name(c) if isinstance(c, str) else c for c in configs]
-    todo = [c for c in configs if c.name not in _libs]
-    if not todo:
-        return
-    paths = build.build(todo)
-    for c in todo:
-        _bind(c, paths[c])
-
-
-def _kernel(cfg: DwConfig):
-    with _lock:
-        fn = _libs.get(cfg.name)
-    if fn is None:
-        preload([cfg])
-        fn = _libs[cfg.name]
-    return fn
+    _kernels.preload(configs)
 
 
 def out_size(size: int, k: int, stride: int, pad: int) -> int:
@@ -461,7 +435,7 @@ def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
         m = min(65535, n - chunk)
         xs, ys = x[chunk:chunk + m], y[chunk:chunk + m]
         rs = residual[chunk:chunk + m] if cfg.residual else None
-        rc = _kernel(cfg)(ptr(xs), weight.data_ptr(), ptr(bias), ptr(rs), ys.data_ptr(), m, h, w_, c, oh, ow,
+        rc = _kernels.get(cfg)(ptr(xs), weight.data_ptr(), ptr(bias), ptr(rs), ys.data_ptr(), m, h, w_, c, oh, ow,
                           padding[0], padding[1], torch.cuda.current_stream(x.device).cuda_stream)
         if rc != 0:
             raise KernelError(f"depthwise kernel {cfg.name} failed ({'shape refused' if rc == 1 else 'launch failed'})",

@@ -15,7 +15,9 @@ NHWC so that ``x`` is row-major [N, K]:
 * linear / ``fused_linear``: the GEMM on ``x [..., K]`` as is;
 * depthwise conv (groups = Cin = Cout; k 3, 5 or 7, stride 1 or 2, C a
   multiple of 8): one ``sparsec::dwconv2d`` call (:mod:`.depthwise`, a direct
-  NHWC kernel), bias, activations and residual fused.
+  NHWC kernel), bias, activations and residual fused;
+* ``sparsec.squeeze_excite`` (C a multiple of 8): one ``sparsec::squeeze_excite_nhwc``
+  call (:mod:`.squeeze_excite`: channel sums, both fcs, the gated scale).
 
 The GEMM output [N, Ho, Wo, Cout] goes back to NCHW through a ``permute``
 (a channels-last view, no copy); back-to-back ``permute``s between two
@@ -100,6 +102,8 @@ def plan(node: fx.Node) -> "GemmPlan | DwPlan | Unsupported":
         if not isinstance(w, fx.Node) or w.op != "get_attr":
             return Unsupported("the weight is computed, not a parameter: kernels take packed constant weights")
         return GemmPlan("linear", x, w, a.get("bias"), a.get("residual"), a.get("act", "none"), a.get("act2", "none"))
+    if t is F.squeeze_excite:
+        return _se_plan(node)
     if t is F.conv2d_pool:
         return Unsupported("conv with a pooling epilogue: the CUTLASS kernels have no pooling epilogue; "
                            "the fused op runs in PyTorch")
@@ -180,6 +184,42 @@ def _depthwise_plan(x, w, wv, bias, res, act, act2, stride, padding, dilation) -
     return DwPlan(x, w, bias, res, act, act2, kh, s[0], _pair(padding))
 
 
+@dataclasses.dataclass(frozen=True)
+class SePlan:
+    """How a ``sparsec.squeeze_excite`` becomes one ``sparsec::squeeze_excite_nhwc`` call."""
+
+    x: fx.Node
+    w1: fx.Node
+    b1: object
+    w2: fx.Node
+    b2: object
+    act: str
+    gate: str
+    kind: str = "squeeze-excite"
+
+
+def _se_plan(node: fx.Node) -> SePlan | Unsupported:
+    from sparsec.backends.cutlass import squeeze_excite as S
+
+    a = ops.args_of(node)
+    x, w1, w2 = _val(node), a["w1"], a["w2"]  # the output is x's shape (a lowered producer has no meta yet)
+    if x is None or x.dim() != 4:
+        return Unsupported("squeeze-excite of a tensor that is not NCHW: stays in PyTorch")
+    c, r = int(x.shape[1]), int(_val(w1).shape[0])
+    why = None
+    if any(not isinstance(w, fx.Node) or w.op != "get_attr" for w in (w1, w2)):
+        why = "computed fc weights (the kernels take parameters)"
+    elif c % S.VEC:
+        why = f"C={c} (the kernels read 16-byte vectors: C a multiple of {S.VEC})"
+    elif (c + r) * 4 > S.SMEM_LIMIT:
+        why = f"C + R = {c + r} (the fc kernel keeps C + R floats in 48 KB of shared memory)"
+    elif a["act"] not in S.ACTS or a["gate"] not in S.ACTS:
+        why = f"activations {a['act']}/{a['gate']} (the kernels take {', '.join(S.ACTS)})"
+    if why:
+        return Unsupported(f"squeeze-excite with {why}: stays in PyTorch (its reference ops)")
+    return SePlan(a["x"], w1, a["b1"], w2, a["b2"], a["act"], a["gate"])
+
+
 def gemm_weight(w: torch.Tensor) -> torch.Tensor:
     """The weight as the A operand [M, K]: convs reordered (Cout, kh, kw, Cin)."""
     return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1) if w.dim() == 4 else w
@@ -217,6 +257,7 @@ class Lowering:
     choose: object
     reference: bool = False
     records: list = dataclasses.field(default_factory=list)
+    replaced: set = dataclasses.field(default_factory=set)  # parameters now held in kernel layouts too
 
     def run(self, mod, nodes) -> list[dict]:
         from sparsec.backends.cutlass import reference as R  # the CPU kernels, and the packers
@@ -228,10 +269,12 @@ class Lowering:
                 self._lower(mod, g, node, p, R)
             elif isinstance(p, DwPlan) and not self.reference:
                 self._lower_depthwise(mod, g, node, p)
+            elif isinstance(p, SePlan) and not self.reference:
+                self._lower_se(mod, g, node, p)
         _cancel_permutes(g)
         g.eliminate_dead_code()
         used = {n.target for n in g.nodes if n.op == "get_attr"}
-        for name in {r["weight"] for r in self.records} - used:  # the unpacked weights are not shipped twice
+        for name in ({r["weight"] for r in self.records} | self.replaced) - used:  # not shipped twice
             mod.delete_param(name)
         mod.recompile()
         return self.records
@@ -303,6 +346,31 @@ class Lowering:
         self.records.append({"node": node.name, "weight": p.weight.target, "kind": "depthwise", "m": c,
                              "n": _tokens(out, conv=True), "k": p.k * p.k, "sparse": False, "config": cfg.name,
                              "epilogue_in_pytorch": []})
+
+    def _lower_se(self, mod, g: fx.Graph, node: fx.Node, p: SePlan) -> None:
+        from sparsec.backends.cutlass.squeeze_excite import SeConfig
+
+        out = _val(node)
+        dtype = _DTYPE.get(out.dtype)
+        if dtype is None:
+            raise TypeError(f"{node.name}: the kernels take fp16/bf16, got {out.dtype}")
+        cfg = SeConfig(self.arch, dtype, p.act, p.gate)
+        w1 = mod.get_param(p.w1.target).detach().flatten(1)  # [R, C, 1, 1] -> [R, C]
+        w2t = mod.get_param(p.w2.target).detach().flatten(1).t()  # [C, R, 1, 1] -> [R, C]: coalesced per channel
+        base = mod.fresh_param_name("se_" + p.w1.target.replace(".", "_"))
+        with g.inserting_before(node):
+            a1 = self._buffer(mod, g, base + "_w1", w1.to(out.dtype))
+            a2 = self._buffer(mod, g, base + "_w2t", w2t.to(out.dtype))
+            x = g.call_function(aten.permute.default, (p.x, [0, 2, 3, 1]))  # NHWC view
+            y = g.call_function(torch.ops.sparsec.squeeze_excite_nhwc.default, (x, a1, p.b1, a2, p.b2, cfg.name))
+            M.put(y, M.BackendAssignment("cutlass"))
+            y = g.call_function(aten.permute.default, (y, [0, 3, 1, 2]))
+        node.replace_all_uses_with(y)
+        g.erase_node(node)
+        self.replaced.add(p.w2.target)
+        self.records.append({"node": node.name, "weight": p.w1.target, "kind": "squeeze-excite",
+                             "m": int(w1.shape[1]), "n": _tokens(out, conv=True), "k": int(w1.shape[0]),
+                             "sparse": False, "config": cfg.name, "epilogue_in_pytorch": []})
 
     @staticmethod
     def _buffer(mod, g: fx.Graph, name: str, value: torch.Tensor) -> fx.Node:

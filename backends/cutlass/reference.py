@@ -89,7 +89,7 @@ def pad_any(w: torch.Tensor, cfg: KernelConfig) -> torch.Tensor:
     if w.dtype in (torch.float16, torch.bfloat16):
         return runtime.pad_dense_weight(w, cfg, device="cpu")
     m, k = w.shape
-    mp, kp = packing.pad_shape(cfg.arch, m, k)
+    mp, kp = packing.pad_shape(cfg.arch, m, k, sparse=False)
     out = torch.zeros(mp, kp, dtype=w.dtype)
     out[:m, :k] = w
     return out

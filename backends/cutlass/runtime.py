@@ -256,7 +256,7 @@ def pad_dense_weight(w: torch.Tensor, cfg: KernelConfig, device="cuda") -> torch
     from sparsec.backends.cutlass.packing import pad_shape
 
     m, k = w.shape
-    mp, kp = pad_shape(cfg.arch, m, k)
+    mp, kp = pad_shape(cfg.arch, m, k, sparse=False)
     out = torch.zeros(mp, kp, dtype=_TORCH_DTYPE[cfg.dtype], device=device)
     out[:m, :k] = w.to(device, out.dtype)
     return out

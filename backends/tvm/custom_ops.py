@@ -3,7 +3,7 @@
 Two mechanisms, both applied by :func:`sparsec.backends.tvm.lowering.to_relax`:
 
 * **Decompositions.** The fused ops of the ``fusion`` pipeline
-  (``sparsec::fused_conv2d``, ``fused_linear``, ``conv2d_pool``) are defined
+  (``sparsec::fused_conv2d``, ``fused_linear``, ``conv2d_pool``, ``squeeze_excite``) are defined
   by ATen references (passes/fusion/ops.py). Before import they decompose to
   those, and TVM fuses the epilogue again by itself.
 * **Kernel ops** (the hook for sparsec's CUTLASS kernels). A ``KernelOp``
@@ -246,6 +246,7 @@ def decompositions() -> dict:
         torch.ops.sparsec.fused_conv2d.default: F.fused_conv2d_ref,
         torch.ops.sparsec.fused_linear.default: F.fused_linear_ref,
         torch.ops.sparsec.conv2d_pool.default: F.conv2d_pool_ref,
+        torch.ops.sparsec.squeeze_excite.default: F.squeeze_excite_ref,
     }
     for kop in kernel_ops():  # a kernel op is called, never decomposed
         try:

@@ -36,6 +36,14 @@ Semantics (the contract a backend kernel must meet)::
   kernel computes in (NHWC for tensor cores) is the backend's concern: it sees
   the strides of the tensors it is given and returns a tensor with the
   reference's shape.
+- ``squeeze_excite(x, w1, b1, w2, b2, act, gate, squeeze)``, a squeeze-and-excitation block
+  (MobileNetV3, EfficientNet)::
+
+      s = squeeze(x)                                 adaptive_avg_pool2d(x, [1, 1]), or mean(x, [2, 3], keepdim)
+      y = x * gate(conv2d(act(conv2d(s, w1, b1)), w2, b2))
+
+  with ``w1`` [R, C, 1, 1], ``w2`` [C, R, 1, 1]; ``squeeze`` is ``"pool"`` or ``"mean"`` (whichever
+  op the unfused graph had), ``gate`` an activation name (``sigmoid`` in the models above).
 - ``pool_stride=[]`` means the pool's stride equals its kernel size, as in
   ``aten.max_pool2d``.
 - Gradients (for fine-tuning a fused graph) come from recomputing the
@@ -85,6 +93,12 @@ _lib.define(
     "bool count_include_pad=True, int? divisor_override=None) -> Tensor"
 )
 
+_lib.define(
+    "squeeze_excite(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, str act=\"none\", "
+    "str gate=\"sigmoid\", str squeeze=\"pool\") -> Tensor"
+)
+SQUEEZES = ("pool", "mean")
+
 
 def _act(name: str) -> object:
     try:
@@ -130,6 +144,19 @@ def conv2d_pool_ref(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilatio
     raise ValueError(f"sparsec::conv2d_pool: unknown pool {pool!r}; known: {', '.join(POOLS)}")
 
 
+def squeeze_excite_ref(x, w1, b1, w2, b2, act="none", gate="sigmoid", squeeze="pool"):
+    """Reference: ``x * gate(conv2d(act(conv2d(squeeze(x), w1, b1)), w2, b2))``."""
+    if squeeze == "pool":
+        s = aten.adaptive_avg_pool2d.default(x, [1, 1])
+    elif squeeze == "mean":
+        s = aten.mean.dim(x, [2, 3], True)
+    else:
+        raise ValueError(f"sparsec::squeeze_excite: unknown squeeze {squeeze!r}; known: {', '.join(SQUEEZES)}")
+    s = fused_conv2d_ref(s, w1, b1, act=act)
+    s = fused_conv2d_ref(s, w2, b2, act=gate)
+    return aten.mul.Tensor(s, x)
+
+
 def _autograd(ref):
     """Backward by recomputing the reference under autograd: what the unfused graph would give."""
 
@@ -148,7 +175,7 @@ def _autograd(ref):
 
 
 for _name, _fn in (("fused_conv2d", fused_conv2d_ref), ("fused_linear", fused_linear_ref),
-                   ("conv2d_pool", conv2d_pool_ref)):
+                   ("conv2d_pool", conv2d_pool_ref), ("squeeze_excite", squeeze_excite_ref)):
     _lib.impl(_name, _fn, "CompositeExplicitAutograd")
     # The reference is plain ATen, which fake tensors propagate through: it is its own fake impl.
     torch.library.register_fake(f"{NAMESPACE}::{_name}", _fn, lib=_lib)
@@ -158,6 +185,7 @@ for _name, _fn in (("fused_conv2d", fused_conv2d_ref), ("fused_linear", fused_li
 fused_conv2d = torch.ops.sparsec.fused_conv2d.default
 fused_linear = torch.ops.sparsec.fused_linear.default
 conv2d_pool = torch.ops.sparsec.conv2d_pool.default
+squeeze_excite = torch.ops.sparsec.squeeze_excite.default
 
 FUSED_EPILOGUE_OPS = frozenset({fused_conv2d, fused_linear})
-FUSED_OPS = frozenset({fused_conv2d, fused_linear, conv2d_pool})
+FUSED_OPS = frozenset({fused_conv2d, fused_linear, conv2d_pool, squeeze_excite})

@@ -112,6 +112,17 @@ def test_unaligned_shapes_are_padded_not_refused(m, n, k):
     assert _run(KernelConfig(sparse=False, tile=(128, 128, 64)), m, n, k, seed=2) <= TOL["fp16"]
 
 
+@pytest.mark.parametrize("k", [8, 24, 40, 264])
+def test_dense_sm90_takes_k_a_multiple_of_8_unpadded(k):
+    """Pruned widths are multiples of 8: the dense kernel takes such K as is (TMA zero-fills the last K tile)."""
+    _needs_sm90()
+    from sparsec.backends.cutlass import runtime
+
+    for cfg in (KernelConfig(sparse=False, tile=(128, 128, 64)), KernelConfig(dtype="bf16", sparse=False)):
+        assert runtime.pad_dense_weight(torch.ones(96, k), cfg).shape == (96, k)
+        assert _run(cfg, 96, 300, k, seed=k) <= TOL[cfg.dtype]
+
+
 def test_n_varies_per_call_and_leading_dims_are_kept():
     _needs_sm90()
     for n in (1, 5, 4096):

@@ -103,3 +103,9 @@ def test_torch_packer_is_bit_identical_to_the_numpy_reference(arch, tile_k):
     assert np.array_equal(meta.numpy(), p.meta)
     with pytest.raises(ValueError, match="not 2:4"):
         pack_torch(torch.ones(8, 16, dtype=torch.float16), arch, tile_k)
+
+
+@pytest.mark.parametrize("arch,sparse,k,kp", [("sm_90a", True, 24, 32), ("sm_90a", False, 24, 24), ("sm_90a", False, 20, 24),
+                                               ("sm_80", False, 24, 64), ("sm_80", True, 72, 128)])
+def test_pad_shape_pads_k_only_as_far_as_the_kernel_needs(arch, sparse, k, kp):
+    assert pad_shape(arch, 40, k, sparse=sparse)[1] == kp
