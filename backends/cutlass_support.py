@@ -12,7 +12,8 @@ Declared (16-bit tensor-core kernels, fp16/bf16 only)::
     sparsec.fused_conv2d, aten.conv2d     groups=1: implicit-GEMM conv with a fused epilogue;
                                           1x1 stride 1: a plain GEMM (NHWC);
                                           1x1 strided: strided gather + GEMM;
-                                          depthwise (groups = Cin = Cout): dense direct conv
+                                          depthwise (groups = Cin = Cout): dense direct conv;
+                                          Cin 1 to 4 (the stem): a direct conv
     sparsec.conv2d_pool                   the same convs, with a pooling epilogue
     sparsec.fused_linear, aten.linear,    GEMM with a fused epilogue
     aten.mm, aten.addmm
@@ -21,7 +22,7 @@ Declared (16-bit tensor-core kernels, fp16/bf16 only)::
 Not taken (they stay in PyTorch, with the reason): fp32/fp64 graphs, grouped
 convs that are not depthwise, transposed and 1-D/3-D convs, channel counts
 that are not multiples of 8 (16-bit tensor-core rows must be 16-byte
-aligned: the stem conv's 3 input channels), weights that are computed
+aligned; a conv of 1 to 4 input channels has its own direct kernel), weights that are computed
 rather than parameters, 2:4 weights outside the sparse kernels' shape limits,
 and every op that is not a GEMM or conv (elementwise, pooling, views): fuse
 them into an epilogue first (``fuse-epilogue``, ``fuse-conv-pool``).
@@ -123,6 +124,8 @@ class CutlassSupport:
                                "no CUTLASS kernel declared; stays in PyTorch (cuDNN)")
         if groups != 1:
             return self._sparse_ok(w, "cutlass: depthwise conv, dense direct kernel, " + epilogue, depthwise=True)
+        if cin <= 4 and cout % ALIGN == 0:
+            return Supported(f"cutlass: direct conv of {cin} input channels (the stem), {epilogue}")
         if cin % ALIGN or cout % ALIGN:
             return Unsupported(f"Cin={cin}, Cout={cout}: 16-bit tensor-core kernels need channel counts that are "
                                f"multiples of {ALIGN}; stays in PyTorch (or pad the channels)")

@@ -28,6 +28,8 @@ from common import environment  # noqa: E402
 
 CLASSES = (  # first match wins: (class, kernel-name pattern); cuDNN's kernels are named sm80_/sm90_xmma_...
     ("depthwise", r"depthwise|dwconv"),
+    ("squeeze-excite", r"se_sum|se_fc|se_scale"),  # sparsec's squeeze-excite kernels
+    ("stem", r"::stem\("),  # sparsec's stem kernel
     ("sparsec-gemm", r"cutlass"),
     ("conv(cudnn)", r"conv|cudnn|implicit_gemm|xmma|fprop|sm90_xmma"),
     ("gemm(cublas/triton-mm)", r"gemm|cublas|nvjet|triton_tem|mm_"),

@@ -163,6 +163,9 @@ def _macs(n: fx.Node, hints) -> int:
     if name == "sparsec.dwconv2d":  # lowered depthwise conv: weight [k, k, C], each output element k*k MACs
         w = _shape(n.args[1])
         return _numel(out, hints) * w[0] * w[1] if out and w else 0
+    if name == "sparsec.stem_conv":  # lowered stem: weight [k, k, Cin, Cout], each output element k*k*Cin MACs
+        w = _shape(n.args[1])
+        return _numel(out, hints) * w[0] * w[1] * w[2] if out and w else 0
     if name in ("sparsec.squeeze_excite", "sparsec.squeeze_excite_nhwc"):  # its two fcs, as the unfused 1x1 convs
         x, w1 = _shape(n.args[0]), _shape(n.args[1])
         return _dim(x[0], hints) * 2 * w1[0] * w1[1] if x and w1 else 0

@@ -57,6 +57,7 @@ OP_LIBRARIES = (
     "sparsec.backends.cutlass.reference",  # sparsec::gemm24 / gemm_dense (CUDA kernels + CPU reference)
     "sparsec.backends.cutlass.depthwise",  # sparsec::dwconv2d (CUDA kernel + CPU reference)
     "sparsec.backends.cutlass.squeeze_excite",  # sparsec::squeeze_excite_nhwc (CUDA kernels + CPU reference)
+    "sparsec.backends.cutlass.stem",  # sparsec::stem_conv (CUDA kernel + CPU reference)
 )
 
 

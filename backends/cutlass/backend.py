@@ -18,7 +18,8 @@ im2col is in no measurement.)
 ``lower`` rewrites every node the ``partition`` pass gave this backend into a
 ``sparsec::gemm24`` / ``sparsec::gemm_dense`` call, for a depthwise conv a
 ``sparsec::dwconv2d`` call, for a squeeze-excite block a ``sparsec::squeeze_excite_nhwc``
-call (:mod:`.lowering`, :mod:`.depthwise`, :mod:`.squeeze_excite`), and
+call, for a 3x3 stem a ``sparsec::stem_conv`` call (:mod:`.lowering`, :mod:`.depthwise`,
+:mod:`.squeeze_excite`, :mod:`.stem`), and
 returns the artifact's extra files:
 
 * ``kernels.json``: each kernel the program calls -- its config name, the
@@ -111,7 +112,7 @@ class CutlassBackend(Backend):
         if not verdict or node.op != "call_function":
             return verdict
         plan = lowering.plan(node)
-        if isinstance(plan, (lowering.DwPlan, lowering.SePlan)):
+        if isinstance(plan, (lowering.DwPlan, lowering.SePlan, lowering.StemPlan)):
             return verdict
         if not isinstance(plan, lowering.GemmPlan):
             return plan
@@ -214,17 +215,17 @@ class CutlassBackend(Backend):
 def _kernel_ops():
     import torch
 
-    from sparsec.backends.cutlass import depthwise, runtime, squeeze_excite  # noqa: F401 -- define the ops
+    from sparsec.backends.cutlass import depthwise, runtime, squeeze_excite, stem  # noqa: F401 -- define the ops
 
     return {torch.ops.sparsec.gemm24.default, torch.ops.sparsec.gemm_dense.default, torch.ops.sparsec.dwconv2d.default,
-            torch.ops.sparsec.squeeze_excite_nhwc.default}
+            torch.ops.sparsec.squeeze_excite_nhwc.default, torch.ops.sparsec.stem_conv.default}
 
 
 def _hand_written():
     """The families of hand-written kernels (modules with ``is_name``, a config ``from_name``, ``preload``)."""
-    from sparsec.backends.cutlass import depthwise, squeeze_excite
+    from sparsec.backends.cutlass import depthwise, squeeze_excite, stem
 
-    return ((depthwise, depthwise.DwConfig), (squeeze_excite, squeeze_excite.SeConfig))
+    return ((depthwise, depthwise.DwConfig), (squeeze_excite, squeeze_excite.SeConfig), (stem, stem.StemConfig))
 
 
 def _kernel_named(name: str):

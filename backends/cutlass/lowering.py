@@ -17,7 +17,11 @@ NHWC so that ``x`` is row-major [N, K]:
   multiple of 8): one ``sparsec::dwconv2d`` call (:mod:`.depthwise`, a direct
   NHWC kernel), bias, activations and residual fused;
 * ``sparsec.squeeze_excite`` (C a multiple of 8): one ``sparsec::squeeze_excite_nhwc``
-  call (:mod:`.squeeze_excite`: channel sums, both fcs, the gated scale).
+  call (:mod:`.squeeze_excite`: channel sums, both fcs, the gated scale);
+* the stem (Cin 1 to 4, at most :data:`.stem.MAX_MACS` multiply-adds per output, e.g. a
+  3x3 conv of the image): one ``sparsec::stem_conv`` call (:mod:`.stem`), reading the
+  image in its own layout (the graph's channels-last copy of it goes away), bias and
+  activation fused.
 
 The GEMM output [N, Ho, Wo, Cout] goes back to NCHW through a ``permute``
 (a channels-last view, no copy); back-to-back ``permute``s between two
@@ -27,9 +31,9 @@ residual add, ``gelu_tanh``) runs after the kernel in PyTorch.
 
 Weights are packed offline (``runtime.pack_weight`` layout, on the CPU) and
 held as buffers of the graph module, so ``torch.export`` stores them in the
-program. The stem (3 input channels), grouped, dilated and transposed convs
-and the depthwise convs the kernel does not take stay in PyTorch (cuDNN);
-:func:`plan` says why.
+program. Grouped, dilated and transposed convs, 7x7 stems (compute-bound:
+cuDNN's tensor cores win) and the depthwise convs the kernel does not take stay
+in PyTorch (cuDNN); :func:`plan` says why.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ class GemmPlan:
     padding: tuple[int, int] = (0, 0)
 
 
-def plan(node: fx.Node) -> "GemmPlan | DwPlan | Unsupported":
+def plan(node: fx.Node) -> "GemmPlan | DwPlan | StemPlan | SePlan | Unsupported":
     """How the lowering takes ``node``, or why it stays in PyTorch (dtype checks are the support table's)."""
     F = _fused()
     t = node.target
@@ -135,6 +139,8 @@ def plan(node: fx.Node) -> "GemmPlan | DwPlan | Unsupported":
     if isinstance(padding, str) or any(d != 1 for d in _pair(dilation)):
         return Unsupported(f"dilation {list(_pair(dilation))} / padding {padding!r}: the NHWC im2col takes dilation 1 "
                            "and explicit padding; stays in PyTorch (cuDNN)")
+    if int(wv.shape[1]) < 8:
+        return _stem_plan(x, w, wv, bias, res, act, act2, stride, padding)
     kh, kw = int(wv.shape[2]), int(wv.shape[3])
     s, pd = _pair(stride), _pair(padding)
     if (kh, kw) == (1, 1) and pd == (0, 0):
@@ -182,6 +188,43 @@ def _depthwise_plan(x, w, wv, bias, res, act, act2, stride, padding, dilation) -
     if why:
         return Unsupported(f"depthwise conv with {why}: stays dense in PyTorch (cuDNN)")
     return DwPlan(x, w, bias, res, act, act2, kh, s[0], _pair(padding))
+
+
+@dataclasses.dataclass(frozen=True)
+class StemPlan:
+    """How a conv of few input channels becomes one ``sparsec::stem_conv`` call (:mod:`.stem`)."""
+
+    x: fx.Node
+    weight: fx.Node
+    bias: object
+    act: str
+    k: int
+    stride: int
+    padding: tuple[int, int]
+    kind: str = "stem"
+
+
+def _stem_plan(x, w, wv, bias, res, act, act2, stride, padding) -> StemPlan | Unsupported:
+    from sparsec.backends.cutlass import stem as ST
+
+    cout, cin, kh, kw = (int(d) for d in wv.shape)
+    s = _pair(stride)
+    if act != "none" and act2 != "none":
+        why = f"two activations ({act}, {act2})"
+    elif res is not None:
+        why = "a residual add"
+    elif kh != kw or kh not in ST.KERNEL_SIZES or s[0] != s[1] or s[0] not in ST.STRIDES:
+        why = f"a {kh}x{kw} filter, stride {list(s)} (the kernel takes square {ST.KERNEL_SIZES}, stride 1 or 2)"
+    elif cin > ST.MAX_CIN or cout % ST.VEC:
+        why = f"Cin={cin}, Cout={cout} (the kernel takes Cin 1 to {ST.MAX_CIN}, Cout a multiple of {ST.VEC})"
+    elif kh * kw * cin > ST.MAX_MACS:
+        why = (f"{kh}x{kw}x{cin} = {kh * kw * cin} multiply-adds per output (the CUDA-core kernel takes at most "
+               f"{ST.MAX_MACS}; cuDNN's tensor-core conv is faster there: benchmarks/stem_conv.py)")
+    elif (kh * kw * cin + 1) * cout * 4 > ST.SMEM_BYTES:
+        why = f"{kh}x{kw}x{cin}x{cout} weights (the kernel keeps them in 48 KB of shared memory as float32)"
+    else:
+        return StemPlan(x, w, bias, act if act != "none" else act2, kh, s[0], _pair(padding))
+    return Unsupported(f"conv of {cin} input channels with {why}: stays in PyTorch (cuDNN)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +314,8 @@ class Lowering:
                 self._lower_depthwise(mod, g, node, p)
             elif isinstance(p, SePlan) and not self.reference:
                 self._lower_se(mod, g, node, p)
+            elif isinstance(p, StemPlan) and not self.reference:
+                self._lower_stem(mod, g, node, p)
         _cancel_permutes(g)
         g.eliminate_dead_code()
         used = {n.target for n in g.nodes if n.op == "get_attr"}
@@ -347,6 +392,28 @@ class Lowering:
                              "n": _tokens(out, conv=True), "k": p.k * p.k, "sparse": False, "config": cfg.name,
                              "epilogue_in_pytorch": []})
 
+    def _lower_stem(self, mod, g: fx.Graph, node: fx.Node, p: StemPlan) -> None:
+        from sparsec.backends.cutlass.stem import StemConfig
+
+        w = mod.get_param(p.weight.target).detach()
+        out = _val(node)
+        dtype = _DTYPE.get(out.dtype)
+        if dtype is None:
+            raise TypeError(f"{node.name}: the kernels take fp16/bf16, got {out.dtype}")
+        cfg = StemConfig(self.arch, dtype, int(w.shape[1]), p.k, p.stride, p.act)
+        x = _skip_layout_copy(p.x)
+        base = mod.fresh_param_name("stem_" + p.weight.target.replace(".", "_"))
+        with g.inserting_before(node):
+            wk = self._buffer(mod, g, base, w.permute(2, 3, 1, 0).to(out.dtype))  # [Cout,Cin,k,k] -> [k,k,Cin,Cout]
+            y = g.call_function(torch.ops.sparsec.stem_conv.default, (x, wk, p.bias, list(p.padding), cfg.name))
+            M.put(y, M.BackendAssignment("cutlass"))
+            y = g.call_function(aten.permute.default, (y, [0, 3, 1, 2]))
+        node.replace_all_uses_with(y)
+        g.erase_node(node)
+        self.records.append({"node": node.name, "weight": p.weight.target, "kind": "stem", "m": int(w.shape[0]),
+                             "n": _tokens(out, conv=True), "k": int(w[0].numel()), "sparse": False,
+                             "config": cfg.name, "epilogue_in_pytorch": []})
+
     def _lower_se(self, mod, g: fx.Graph, node: fx.Node, p: SePlan) -> None:
         from sparsec.backends.cutlass.squeeze_excite import SeConfig
 
@@ -397,6 +464,22 @@ class Lowering:
         x = g.call_function(aten.unfold.default, (x, 2, kw, sw))  # [N, Ho, Wo, C, kh, kw]
         x = g.call_function(aten.permute.default, (x, [0, 1, 2, 4, 5, 3]))  # taps before channels
         return g.call_function(aten.flatten.using_ints, (x, 3, 5))  # [N, Ho, Wo, kh*kw*C] (a copy)
+
+
+def _skip_layout_copy(x: fx.Node) -> fx.Node:
+    """The stem kernel reads any layout: drop ``to-channels-last``'s copy of the image, also under a cast
+    (``_to_copy(clone(x, channels_last), dtype)`` with fp32 I/O), where the copy is used only on this path."""
+
+    def is_cl_clone(n) -> bool:
+        return (isinstance(n, fx.Node) and n.op == "call_function" and n.target is aten.clone.default
+                and len(n.users) == 1 and n.kwargs.get("memory_format") is torch.channels_last)
+
+    if is_cl_clone(x):
+        return x.args[0]
+    if (x.op == "call_function" and x.target is aten._to_copy.default and len(x.users) == 1
+            and set(x.kwargs) <= {"dtype"} and is_cl_clone(x.args[0])):
+        x.replace_input_with(x.args[0], x.args[0].args[0])  # cast the image as it is: one pass, not two
+    return x
 
 
 def _tokens(out: torch.Tensor, *, conv: bool) -> int:

@@ -37,8 +37,10 @@ def _rel(y, ref):
 
 # GEMM layers (every 1x1 conv and the fc; kxk convs stay cuDNN under SPARSEC_CUTLASS_KXK=none, the default)
 # and depthwise convs (sparsec::dwconv2d) each model lowers
-# (GEMM layers, depthwise convs, squeeze-excite blocks) lowered to sparsec's kernels
-LOWERED = {"resnet18": (4, 0, 0), "resnet50": (37, 0, 0), "mobilenet_v2": (35, 17, 0), "efficientnet_b0": (33, 16, 16)}
+# (GEMM layers, depthwise convs, squeeze-excite blocks, stems) lowered to sparsec's kernels
+LOWERED = {"resnet18": (4, 0, 0, 0), "resnet50": (37, 0, 0, 0), "mobilenet_v2": (35, 17, 0, 1),
+           "efficientnet_b0": (33, 16, 16, 1)}
+HAND_WRITTEN = ("depthwise", "squeeze-excite", "stem")
 
 
 @pytest.mark.parametrize("target", ["h100", "h100-sparse", "a100-sparse"])
@@ -55,8 +57,8 @@ def test_compiled_cnn_matches_the_masked_reference(name, target, tmp_path):
         pipeline = resolve_backend(tgt).pipeline(tgt).replace("sparsify-2-4,", "sparsify-2-4{cost-model=shape},")
     res = sparsec.compile(model, (torch.randn(shape),), target=target, pipeline=pipeline, output=tmp_path / "m.sparsec")
     layers = json.loads((res.artifact / "manifest.json").read_text())["payload"]["layers"]
-    gemms = sum(r["kind"] not in ("conv-im2col", "depthwise", "squeeze-excite") for r in layers)
-    assert (gemms, *(sum(r["kind"] == k for r in layers) for k in ("depthwise", "squeeze-excite"))) == LOWERED[name]
+    gemms = sum(r["kind"] not in ("conv-im2col", *HAND_WRITTEN) for r in layers)
+    assert (gemms, *(sum(r["kind"] == k for r in layers) for k in HAND_WRITTEN)) == LOWERED[name]
     assert all(r["sparse"] for r in layers if r["kind"] == "conv-im2col")
     assert (sum(r["sparse"] for r in layers) > 0) == target.endswith("-sparse")
     loaded = sparsec.load(res.artifact)

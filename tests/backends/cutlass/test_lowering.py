@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 import sparsec  # noqa: E402
 from sparsec.backends.cutlass import depthwise, packing, reference  # noqa: E402,F401  (depthwise: the op)
 from sparsec.backends.cutlass.config import KernelConfig  # noqa: E402
-from sparsec.backends.cutlass.lowering import GemmPlan, epilogue, lower_reference, plan  # noqa: E402
+from sparsec.backends.cutlass.lowering import GemmPlan, StemPlan, epilogue, lower_reference, plan  # noqa: E402
 from sparsec.errors import TargetError  # noqa: E402
 from sparsec.passes.manager import PassContext, PassManager  # noqa: E402
 
@@ -84,9 +84,11 @@ def test_reference_lowering_is_exact_on_a_small_net(dtype, tol):
     records = lower_reference(mod)
     kinds = {r["kind"] for r in records}
     assert kinds == {"conv-im2col", "conv1x1", "conv1x1-strided", "linear"}
-    assert _count(mod, GEMM24) >= 4 and _count(mod, DENSE) >= 1  # stem (Cin=3) stays dense, not 2:4
+    assert _count(mod, GEMM24) >= 4
     convs = [n for n in mod.graph.nodes if n.op == "call_function" and "conv2d" in str(n.target)]
-    assert len(convs) == 1 and convs[0].args[7] == 64  # only the depthwise conv is left to PyTorch (cuDNN)
+    # left to PyTorch in reference mode: the stem (Cin=3: sparsec::stem_conv on a GPU, tested in test_stem.py)
+    # and the depthwise conv (sparsec::dwconv2d, test_depthwise.py)
+    assert sorted(int(c.args[1].meta["val"].shape[1]) for c in convs) == [1, 3]
     for seed in (1, 2):
         x = torch.randn(2, 3, 8, 8, dtype=dtype, generator=torch.Generator().manual_seed(seed))  # fresh inputs
         assert _rel(ref(x), mod(x)) < tol
@@ -99,8 +101,10 @@ def test_reference_lowering_resnet18_fp32():
     mod = _prepared(model, torch.randn(1, 3, 64, 64))
     ref = mod.clone()
     records = lower_reference(mod)
-    assert len(records) == 21  # 20 convs (reference mode takes the stem too: plan() checks no alignment) + fc
-    assert [r["weight"] for r in records if not r["sparse"]] == ["conv1.weight"]  # Cin=3: no 2:4 groups
+    # 19 convs + fc: the 7x7 stem stays in PyTorch (plan(): 147 MACs per output, compute-bound for the stem
+    # kernel, and reference mode lowers GEMMs only)
+    assert len(records) == 20 and "conv1.weight" not in [r["weight"] for r in records]
+    assert all(r["sparse"] for r in records)
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(7))
     assert _rel(ref(x), mod(x)) < 1e-5
     # back-to-back lowered convs stay NHWC: one permute pair per layer would be 40 permutes
@@ -155,7 +159,10 @@ def test_support_narrows_the_declared_table():
     with knobs.scope(cutlass_kxk="all"):
         assert any(str(backend.support(n)).startswith("yes (cutlass: implicit-GEMM 3x3 conv")
                    for n in mod.graph.nodes if n.op == "call_function")
-    assert any("multiples of 8" in t and t.startswith("no") for t in text.values())  # the 3-channel stem
+    stem = next(n for n in mod.graph.nodes if n.op == "call_function" and "conv" in str(n.target)
+                and n.args[1].meta["val"].shape[1] == 3)
+    assert str(backend.support(stem)).startswith("yes (cutlass: direct conv of 3 input channels (the stem)")
+    assert isinstance(plan(stem), StemPlan)
 
 
 @pytest.mark.parametrize("target, arch", [("h100-sparse", "sm_90a"), ("a100-sparse", "sm_80")])
@@ -186,7 +193,8 @@ def test_compile_sparse_target_on_cpu_writes_the_artifact(tmp_path, target, arch
     assert {r["kind"] for r in layers} >= {"conv-im2col", "conv1x1", "linear", "depthwise"}
     # the lowered module runs on the CPU through the reference kernels, and matches the masked fp16 graph
     lowered = res.module
-    assert _count(lowered, GEMM24) + _count(lowered, DENSE) + _count(lowered, DW) == len(layers)
+    stems = _count(lowered, torch.ops.sparsec.stem_conv.default)
+    assert stems == 1 and _count(lowered, GEMM24) + _count(lowered, DENSE) + _count(lowered, DW) + stems == len(layers)
     masked = sparsec.trace(model, (x,))
     pm = PassManager.parse(res.pipeline.replace(",partition", ""))
     list(pm.run(masked, PassContext(target=sparsec.registry().get("target", target))))

@@ -55,8 +55,8 @@ def test_inspect_target_h100_shows_support_per_node(tmp_path):
     fused = sorted(k for k, v in ops.items() if v == "sparsec.fused_conv2d")
     assert len(fused) == 2
     stem, c1 = fused
-    assert support[stem] == {"supported": False, "reason": "no: Cin=3, Cout=16: 16-bit tensor-core kernels need "
-                             "channel counts that are multiples of 8; stays in PyTorch (or pad the channels)"}
+    assert support[stem] == {"supported": True, "reason": "yes (cutlass: direct conv of 3 input channels (the stem), "
+                             "fused epilogue (act=relu))"}
     assert support[c1] == {"supported": True,
                            "reason": "yes (cutlass: 1x1 conv as a GEMM (NHWC), fused epilogue (residual, act2=relu))"}
     pool = next(k for k, v in ops.items() if v == "aten.adaptive_avg_pool2d")
@@ -107,7 +107,7 @@ def test_inspect_pipeline_shows_fusions_declines_and_partitions(tmp_path):
     assert declined == ["[fuse-epilogue/conv2d-act-residual: 'relu' has 2 users (conv2d_1, add), "
                         "so its value must stay in memory]",
                         "[fuse-conv-pool/conv2d-pool: the conv already has a residual epilogue]"]
-    assert sum(m.get("sparsec.backend") == "cutlass" for m in meta.values()) == 2  # the 1x1 conv and the fc
+    assert sum(m.get("sparsec.backend") == "cutlass" for m in meta.values()) == 3  # the stem, 1x1 conv and fc
     assert all(n["support"]["supported"] for n in data["nodes"] if "sparsec.backend" in n["meta"])
 
 

@@ -19,11 +19,14 @@ from .nets import integer_weights
 
 
 class Net(nn.Module):
-    """stem (Cin=3) -> conv3x3 -> maxpool -> 1x1 conv (+ skip around the pool) -> grouped conv -> fc."""
+    """stem (Cin=5) -> conv3x3 -> maxpool -> 1x1 conv (+ skip around the pool) -> grouped conv -> fc.
+
+    Five input channels: not a multiple of 8 for the tensor-core kernels, and more than the stem kernel
+    takes (1 to 4, tests/backends/cutlass/test_stem.py), so the stem stays in PyTorch."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.stem = nn.Conv2d(5, 16, 3, padding=1)
         self.c1 = nn.Conv2d(16, 16, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
         self.c2 = nn.Conv2d(16, 16, 1)
@@ -41,7 +44,7 @@ class Net(nn.Module):
 
 def _fp16_fused():
     model = integer_weights(Net())
-    mod = sparsec.trace(model, (ints(2, 3, 8, 8),))
+    mod = sparsec.trace(model, (ints(2, 5, 8, 8),))
     run(mod, "fusion,to-dtype{dtype=fp16}")
     return model, mod
 
@@ -55,7 +58,7 @@ def test_support_table_declarations():
     table = CutlassSupport()
     got = {n.name: str(table.support(n)) for n in mod.graph.nodes if n.op == "call_function"}
     text = "\n".join(f"{k}: {v}" for k, v in got.items())
-    assert "no: Cin=3, Cout=16: 16-bit tensor-core kernels need channel counts that are multiples of 8" in text
+    assert "no: Cin=5, Cout=16: 16-bit tensor-core kernels need channel counts that are multiples of 8" in text
     assert "yes (cutlass: implicit-GEMM 3x3 conv, fused epilogue (act=relu))" in text
     assert "yes (cutlass: 1x1 conv as a GEMM (NHWC), fused epilogue (residual, act2=relu))" in text
     assert "yes (cutlass: strided 1x1 conv: gather (stride [2, 2]) + GEMM, identity epilogue)" in text
@@ -66,7 +69,7 @@ def test_support_table_declarations():
 
 
 def test_support_table_refuses_fp32():
-    mod = sparsec.trace(integer_weights(Net()), (ints(2, 3, 8, 8),))
+    mod = sparsec.trace(integer_weights(Net()), (ints(2, 5, 8, 8),))
     conv = next(n for n in mod.graph.nodes if n.name == "conv2d_1")
     assert str(CutlassSupport().support(conv)) == ("no: f32: the CUTLASS kernels compute in fp16/bf16; "
                                                    "run to-dtype{dtype=fp16} first")
@@ -100,7 +103,7 @@ def test_partition_assigns_supported_nodes(filecheck, kxk_all):
     assert all(M.get(nodes[n], M.BackendAssignment).backend == "cutlass" for n in assigned)
     assert stats == {"partitions": 4, "assigned": 5, "pytorch": 6, "too_small": 0}
     part = {n.name: (p.id if (p := M.get(n, PartitionId)) else None) for n in mod.graph.nodes}
-    assert part["fused_conv2d"] is None  # the stem: Cin=3
+    assert part["fused_conv2d"] is None  # the stem: Cin=5
     assert part["max_pool2d"] is None and part["conv2d_4"] is None  # pooling; the grouped conv
     # c1 -> pool -> c2 with c1 -> down -> c2: c1 and c2 in one partition would need the pool inside it
     assert part["fused_conv2d_1"] != part["fused_conv2d_2"] == part["conv2d_3"]
@@ -112,12 +115,12 @@ def test_partition_assigns_supported_nodes(filecheck, kxk_all):
         CHECK-NEXT: = aten.max_pool2d(%fused_conv2d_1, kernel_size=[2,2], stride=[2,2]){{$}}
         CHECK-NEXT: = aten.conv2d({{.*}})  {sparsec.backend = cutlass, sparsec.partition = 1}
     """)
-    x = ints(2, 3, 8, 8, gen=torch.Generator().manual_seed(9))
+    x = ints(2, 5, 8, 8, gen=torch.Generator().manual_seed(9))
     assert mod(x).dtype == torch.float32  # to-dtype casts back; partitioning changed no node
 
 
 def test_partition_for_cpu_takes_everything_in_one_partition():
-    mod = sparsec.trace(integer_weights(Net()), (ints(2, 3, 8, 8),))
+    mod = sparsec.trace(integer_weights(Net()), (ints(2, 5, 8, 8),))
     rec = run(mod, "partition{target=cpu}")
     ops = [n for n in mod.graph.nodes if n.op == "call_function"]
     assert rec[0].stats == {"partitions": 1, "assigned": len(ops), "pytorch": 0, "too_small": 0}
