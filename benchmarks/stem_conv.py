@@ -50,8 +50,8 @@ def run(stem, batch: int, dtype: str, arch: str, warmup: int, iters: int) -> dic
     xcl = x.contiguous(memory_format=torch.channels_last)
     wcl = w.contiguous(memory_format=torch.channels_last)
     variants = {
-        "pytorch": lambda: F.fused_conv2d_ref(x.contiguous(memory_format=torch.channels_last), wcl, b, [s, s], pad,
-                                              [1, 1], 1, act),
+        "pytorch": lambda: F.fused_conv2d_ref(x.contiguous(memory_format=torch.channels_last), wcl, b, stride=[s, s],
+                                              padding=pad, act=act),
         "cudnn_conv": lambda: torch.ops.aten.conv2d.default(xcl, wcl, None, [s, s], pad, [1, 1], 1),
         "sparsec": lambda: torch.ops.sparsec.stem_conv(x, wk, b, pad, cfg),
     }
