@@ -72,8 +72,9 @@ ACT_CODE = {
     "none": "v",
     "relu": "fmaxf(v, 0.f)",
     "relu6": "fminf(fmaxf(v, 0.f), 6.f)",
-    "silu": "v / (1.f + __expf(-v))",
-    "sigmoid": "1.f / (1.f + __expf(-v))",
+    # __frcp_rn: a reciprocal without IEEE division's slow path (no --use_fast_math here); 1/inf = 0 as it should
+    "silu": "v * __frcp_rn(1.f + __expf(-v))",
+    "sigmoid": "__frcp_rn(1.f + __expf(-v))",
     "hardswish": "v * fminf(fmaxf(v + 3.f, 0.f), 6.f) * (1.f / 6.f)",
     "gelu": "0.5f * v * (1.f + erff(v * 0.70710678118654752f))",
     "gelu_tanh": "0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)))",
