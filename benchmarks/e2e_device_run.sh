@@ -8,9 +8,14 @@
 #   MODE=mobile   bash benchmarks/e2e_device_run.sh  # MobileNetV2 + EfficientNet-B0 bs 1,32,256 fp16 (-> _mobile),
 #                                                     # then bs256 bf16 (-> _mobile-bf16), then ResNet-50 bs256 fp16
 #                                                     # (-> _r50-bs256), torch.compile default
+#   MODE=final    bash benchmarks/e2e_device_run.sh  # GPU tests of the hand-written kernels and of the mobile nets'
+#                                                     # end to end, benchmarks/stem_conv.py, then MobileNetV2 +
+#                                                     # EfficientNet-B0 (-> _mobile-final) and ResNet-50 (-> _r50-final)
+#                                                     # at bs256 fp16 against torch.compile's default mode
 #   MODE=autotune bash benchmarks/e2e_device_run.sh  # torch.compile max-autotune beside eager, sparsec-dense,
 #                                                     # sparsec-pruned and sparsec-pruned-24, bs256: ResNet-50 (-> _autotune-r50), then
-#                                                     # MobileNetV2 + EfficientNet-B0 (-> _autotune-mobile), as time allows
+#                                                     # MobileNetV2 + EfficientNet-B0 (-> _autotune-mobile), as time allows;
+#                                                     # AUTOTUNE=mbv2 or effb0: that model alone (-> _autotune-mbv2/-effb0)
 # Every bench run rewrites its JSON after each variant, and each run is stopped by `timeout` so the call ends
 # inside BUDGET_S (default 530 s): a run cut short keeps what finished ("complete": false in the JSON).
 # Carry: .devcache/cutlass.tar.xz (CUTLASS headers), .devcache/kcache.tar.xz + .devcache/kcache_e2e.tar.xz
@@ -18,7 +23,7 @@
 # (the bf16 ResNet-50 and fp16 MobileNetV2/EfficientNet-B0 kernels of SPARSEC_CUTLASS_CONFIGS=compact, built on the CPU)
 # and .devcache/inductor_cache.tar.xz (a torch.compile cache from an earlier autotune call: FX graphs and
 # autotune choices, so max-autotune compiles the same code without re-benchmarking; the JSON says it was warm).
-# Env: MODE, E2E_TESTS=1 (fast mode: also tests/backends/cutlass/test_e2e_gpu.py; TEST_K, TEST_TIMEOUT), AUTOTUNE (autotune mode: r50,mobile or one of them; a second call with AUTOTUNE=mobile finishes
+# Env: MODE, KCACHE_OUT=1 (return the kernels built in this call as $OUT/kcache_built.tar.xz, to carry next time), E2E_TESTS=1 (fast mode: also tests/backends/cutlass/test_e2e_gpu.py; TEST_K, TEST_TIMEOUT), AUTOTUNE (autotune mode: r50,mobile or one of them; a second call with AUTOTUNE=mobile finishes
 # what the first left), BUDGET_S, REPEATS, ITERS, PRUNE (default: the largest ratios meeting the accuracy bar in
 # benchmarks/results/accuracy_h200.json: resnet50=0.5, mobilenet_v2=0.32, efficientnet_b0=0.32), BENCH_ARGS (extra sparsec bench options), SPARSEC_GIT_COMMIT.
 set -o pipefail
@@ -66,6 +71,18 @@ case $MODE in
     bench mobile-bf16 --models mobilenet_v2,efficientnet_b0 --batches 256 --dtypes bf16 --inductor-modes default
     bench r50-bs256 --models resnet50 --batches 256 --dtypes fp16 --inductor-modes default
     ;;
+  final)
+    echo "=== tests $(date -u +%T)" | tee -a "$LOG"
+    timeout ${TEST_TIMEOUT:-240} python3 -m pytest -m gpu tests/backends/cutlass/test_stem.py \
+      tests/backends/cutlass/test_squeeze_excite.py tests/backends/cutlass/test_depthwise.py \
+      tests/backends/cutlass/test_e2e_gpu.py -k "${TEST_K:-not (test_compiled_cnn and resnet)}" \
+      -q -p no:cacheprovider -rfEs 2>&1 | grep -v DEBUG | tee -a "$LOG" \
+      | grep -E "passed|failed|skipped|^FAILED|^ERROR|^E  " | head -20
+    echo "=== stem_conv $(date -u +%T)" | tee -a "$LOG"
+    timeout 60 python3 benchmarks/stem_conv.py --out-dir "$OUT" 2>&1 | grep -v DEBUG | tee -a "$LOG" | tail -5
+    bench mobile-final --models mobilenet_v2,efficientnet_b0 --batches 256 --dtypes fp16 --inductor-modes default
+    bench r50-final --models resnet50 --batches 256 --dtypes fp16 --inductor-modes default
+    ;;
   autotune)
     V=eager,sparsec-dense,sparsec-pruned,sparsec-pruned-24,inductor  # the cheap variants first: a cut-off run keeps them
     case ,${AUTOTUNE:-r50,mobile}, in *,r50,*)
@@ -73,6 +90,13 @@ case $MODE in
     esac
     case ,${AUTOTUNE:-r50,mobile}, in *,mobile,*)
       bench autotune-mobile --models mobilenet_v2,efficientnet_b0 --batches 256 --dtypes fp16 --variants $V \
+        --inductor-modes max-autotune ;;
+    esac
+    case ,${AUTOTUNE:-r50,mobile}, in *,mbv2,*)
+      bench autotune-mbv2 --models mobilenet_v2 --batches 256 --dtypes fp16 --variants $V --inductor-modes max-autotune ;;
+    esac
+    case ,${AUTOTUNE:-r50,mobile}, in *,effb0,*)
+      bench autotune-effb0 --models efficientnet_b0 --batches 256 --dtypes fp16 --variants $V \
         --inductor-modes max-autotune ;;
     esac
     size=$(du -sm /tmp/inductor-cache | cut -f1)  # returned for the next autotune call, if it fits $OUT's 16 MB
@@ -85,5 +109,9 @@ case $MODE in
     ;;
   *) echo "MODE must be fast, mobile or autotune, not '$MODE'"; exit 2 ;;
 esac
+if [ -n "$KCACHE_OUT" ] && [ -d "$SPARSEC_CACHE_DIR/kernels" ]; then
+  (cd "$SPARSEC_CACHE_DIR" && XZ_OPT=-T0 timeout 40 tar cJf "$OUT/kcache_built.tar.xz" --exclude='*.lock' \
+    --exclude='build.log' kernels) && ls -la "$OUT/kcache_built.tar.xz" | tee -a "$LOG"
+fi
 echo "=== done $(date -u +%T), $(( $(date +%s) - START )) s" | tee -a "$LOG"
 ls "$OUT"
