@@ -35,9 +35,8 @@ def _rel(y, ref):
     return ((y - ref).norm() / ref.norm()).item()
 
 
-# GEMM layers (every 1x1 conv and the fc; kxk convs stay cuDNN under SPARSEC_CUTLASS_KXK=none, the default)
-# and depthwise convs (sparsec::dwconv2d) each model lowers
-# (GEMM layers, depthwise convs, squeeze-excite blocks, stems) lowered to sparsec's kernels
+# What each model lowers to sparsec's kernels: (GEMM layers: every 1x1 conv and the fc, kxk convs staying
+# cuDNN under SPARSEC_CUTLASS_KXK=none, the default; depthwise convs; squeeze-excite blocks; stems)
 LOWERED = {"resnet18": (4, 0, 0, 0), "resnet50": (37, 0, 0, 0), "mobilenet_v2": (35, 17, 0, 1),
            "efficientnet_b0": (33, 16, 16, 1)}
 HAND_WRITTEN = ("depthwise", "squeeze-excite", "stem")
