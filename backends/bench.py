@@ -462,7 +462,7 @@ def main(argv=None) -> int:
                 # The last variant's model, artifact and CUDA graph go before mem0 is read: alive, they counted in
                 # mem0 and, freed during this variant, made its peak come out low (negative, once).
                 fn = prepare = m = ref = loaded = holder = rounds = None  # noqa: F841
-                torch._dynamo.reset()  # the last compile's graphs and pools, likewise
+                torch._dynamo.reset()  # the last compile's graphs and pools likewise; and each compile is static, per batch
                 gc.collect()
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
@@ -476,7 +476,6 @@ def main(argv=None) -> int:
                             ref = m(check_x)  # the eager model's logits
                         if v != "eager":
                             mode = v.removeprefix("inductor-")
-                            torch._dynamo.reset()  # nothing carried over from the last batch: a static compile per batch
                             t0 = time.perf_counter()
                             m = torch.compile(m, mode=None if mode == "default" else mode, dynamic=False)
                             with torch.no_grad(), _heartbeat(f"{name} {dtype} bs{batch} {v}: compiling", t_start):

@@ -11,4 +11,8 @@ mkdir -p "$OUT" /tmp/cutlass "$SPARSEC_CACHE_DIR"
 for k in .devcache/kcache*.tar.xz; do [ -f "$k" ] && tar xJf "$k" -C "$SPARSEC_CACHE_DIR"; done
 pip install -q --no-deps --no-build-isolation --target /tmp/site . >/dev/null 2>&1 || echo "pip install failed"
 export PYTHONPATH=/tmp/site PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 SPARSEC_CUTLASS_DIR=/tmp/cutlass/source
+pack_kernels() {  # pack_kernels DEST.tar.xz: the kernels built so far, to carry in .devcache/ next time
+  (cd "$SPARSEC_CACHE_DIR" && XZ_OPT=-T0 timeout 60 tar cJf "$1" --exclude='*.lock' --exclude='build.log' kernels) \
+    && ls -la "$1"
+}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader

@@ -84,21 +84,18 @@ case $MODE in
     bench r50-final --models resnet50 --batches 256 --dtypes fp16 --inductor-modes default
     ;;
   autotune)
+    AUTOTUNE=${AUTOTUNE:-r50,mobile}
     V=eager,sparsec-dense,sparsec-pruned,sparsec-pruned-24,inductor  # the cheap variants first: a cut-off run keeps them
-    case ,${AUTOTUNE:-r50,mobile}, in *,r50,*)
-      bench autotune-r50 --models resnet50 --batches 256 --dtypes fp16 --variants $V --inductor-modes max-autotune ;;
-    esac
-    case ,${AUTOTUNE:-r50,mobile}, in *,mobile,*)
-      bench autotune-mobile --models mobilenet_v2,efficientnet_b0 --batches 256 --dtypes fp16 --variants $V \
-        --inductor-modes max-autotune ;;
-    esac
-    case ,${AUTOTUNE:-r50,mobile}, in *,mbv2,*)
-      bench autotune-mbv2 --models mobilenet_v2 --batches 256 --dtypes fp16 --variants $V --inductor-modes max-autotune ;;
-    esac
-    case ,${AUTOTUNE:-r50,mobile}, in *,effb0,*)
-      bench autotune-effb0 --models efficientnet_b0 --batches 256 --dtypes fp16 --variants $V \
-        --inductor-modes max-autotune ;;
-    esac
+    for run in ${AUTOTUNE//,/ }; do
+      case $run in
+        r50) models=resnet50 ;;
+        mobile) models=mobilenet_v2,efficientnet_b0 ;;
+        mbv2) models=mobilenet_v2 ;;
+        effb0) models=efficientnet_b0 ;;
+        *) echo "AUTOTUNE takes r50, mobile, mbv2 and effb0, not '$run'" | tee -a "$LOG"; continue ;;
+      esac
+      bench autotune-$run --models $models --batches 256 --dtypes fp16 --variants $V --inductor-modes max-autotune
+    done
     size=$(du -sm /tmp/inductor-cache | cut -f1)  # returned for the next autotune call, if it fits $OUT's 16 MB
     if [ -n "$(ls -A /tmp/inductor-cache)" ] && [ "$size" -lt 400 ]; then
       XZ_OPT=-T0 timeout 50 tar cJf /tmp/inductor_cache.tar.xz -C /tmp/inductor-cache . || rm -f /tmp/inductor_cache.tar.xz
@@ -107,11 +104,8 @@ case $MODE in
       else echo "=== inductor cache (${size} MB) not returned: over 16 MB compressed or too slow" | tee -a "$LOG"; fi
     else echo "=== inductor cache: ${size} MB, not packed" | tee -a "$LOG"; fi
     ;;
-  *) echo "MODE must be fast, mobile or autotune, not '$MODE'"; exit 2 ;;
+  *) echo "MODE must be fast, mobile, final or autotune, not '$MODE'"; exit 2 ;;
 esac
-if [ -n "$KCACHE_OUT" ] && [ -d "$SPARSEC_CACHE_DIR/kernels" ]; then
-  (cd "$SPARSEC_CACHE_DIR" && XZ_OPT=-T0 timeout 40 tar cJf "$OUT/kcache_built.tar.xz" --exclude='*.lock' \
-    --exclude='build.log' kernels) && ls -la "$OUT/kcache_built.tar.xz" | tee -a "$LOG"
-fi
+[ -n "$KCACHE_OUT" ] && [ -d "$SPARSEC_CACHE_DIR/kernels" ] && pack_kernels "$OUT/kcache_built.tar.xz" | tee -a "$LOG"
 echo "=== done $(date -u +%T), $(( $(date +%s) - START )) s" | tee -a "$LOG"
 ls "$OUT"

@@ -35,7 +35,7 @@ finally:
           done ;;
     test) python3 -m pytest -m gpu tests/backends/cutlass -q -p no:cacheprovider -rfEs > "$OUT/pytest.log" 2>&1
           grep -E "passed|failed|^FAILED|^ERROR|^SKIPPED|^E  " "$OUT/pytest.log" | grep -v DEBUG | head -60 ;;
-    pack) (cd "$SPARSEC_CACHE_DIR" && tar cJf "$OUT/kcache.tar.xz" --exclude='*.lock' --exclude='build.log' kernels) && ls -la "$OUT/kcache.tar.xz" ;;
+    pack) pack_kernels "$OUT/kcache.tar.xz" ;;
     tune) python3 -c "from sparsec.cli.main import main; main()" tune ${TUNE_ARGS:---suite $SUITE --dtype $DTYPES} -o "$OUT/${TUNE_ARCH:-sm_90a}.json" 2>&1 | tail -300 ;;
     bench) python3 benchmarks/gemm_2to4.py --suite "$SUITE" --dtypes "$DTYPES" ${SKIP:+--skip-suites $SKIP} \
              ${BENCH_ARGS} --out-dir "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -60 ;;
