@@ -7,7 +7,7 @@
 - :mod:`.apply`: the pass, :class:`Sparsify24`.
 """
 
-from sparsec.passes.sparsify.apply import Sparsify24
+from sparsec.passes.sparsify.apply import Sparsify24, shapes_to_tune
 from sparsec.passes.sparsify.costmodel import GemmShape, TuningDB
 from sparsec.passes.sparsify.layers import Decision, Limits, Settings, decide
 from sparsec.passes.sparsify.mask import apply_mask, magnitude_mask, retained_fraction
@@ -15,5 +15,5 @@ from sparsec.passes.sparsify.permute import permute_for_24
 
 __all__ = [
     "Decision", "GemmShape", "Limits", "Settings", "Sparsify24", "TuningDB", "apply_mask", "decide",
-    "magnitude_mask", "permute_for_24", "retained_fraction",
+    "magnitude_mask", "permute_for_24", "retained_fraction", "shapes_to_tune",
 ]

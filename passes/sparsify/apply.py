@@ -139,18 +139,21 @@ class Sparsify24(Pass):
                     return _KERNEL_DTYPES[val.dtype]
         return "fp16"
 
-    def settings(self, target, mod=None) -> Settings:
+    def settings(self, target, mod=None, db: C.TuningDB | None = None) -> Settings:
+        """What the decisions depend on. ``db`` stands in for the tuning DB the measured cost model would
+        load (``sparsec tune --model`` gives one that records the shapes looked up)."""
         dtype = self.kernel_dtype(mod)
         limits = self._limits(target, dtype)
-        db = None
-        if self.cost_model == "measured":
-            if target is None or not target.sparse:
-                raise PassFailedError(
-                    "cost-model=measured needs a target with 2:4 kernels to have measured",
-                    actual=f"target '{target.name}' has none" if target is not None else "no target (sparsec opt)",
-                    fix="compile for a100-sparse or h100-sparse, add target=h100-sparse to the pass, or decide "
-                    "without timings with cost-model=shape (limits from min-k=, k-multiple=, ...) or cost-model=off",
-                )
+        if self.cost_model != "measured":
+            return Settings(self.cost_model, dtype, limits, None, self.layers)
+        if target is None or not target.sparse:
+            raise PassFailedError(
+                "cost-model=measured needs a target with 2:4 kernels to have measured",
+                actual=f"target '{target.name}' has none" if target is not None else "no target (sparsec opt)",
+                fix="compile for a100-sparse or h100-sparse, add target=h100-sparse to the pass, or decide "
+                "without timings with cost-model=shape (limits from min-k=, k-multiple=, ...) or cost-model=off",
+            )
+        if db is None:
             db = C.TuningDB.load(self.tuning_db) if self.tuning_db else C.default_db(target.arch)
             if db is None:
                 raise PassFailedError(
@@ -240,3 +243,40 @@ class Sparsify24(Pass):
         for d in decisions:
             log.info("sparsify-2-4: %s (%s): %s", d.layer, d.gemm, d)
         return PassResult(modified=modified, stats=stats)
+
+
+class _Lookups(C.TuningDB):
+    """An empty tuning DB that records every shape the measured cost model looks up."""
+
+    def __init__(self, arch: str) -> None:
+        super().__init__("<the shapes sparsec tune --model records>", arch, "", ())
+        object.__setattr__(self, "shapes", [])
+
+    def lookup(self, shape: C.GemmShape) -> None:
+        self.shapes.append(shape)
+        return None
+
+
+def shapes_to_tune(mod, pipeline, target) -> list[C.GemmShape]:
+    """The GEMM shapes the measured cost model of ``pipeline``'s ``sparsify-2-4`` would look up in the tuning
+    DB when ``mod`` is compiled for ``target``: the passes before it run (on a clone) so the shapes are the
+    compiled ones (pruned widths, the compile's batch and dtype), then the pass decides against an empty DB.
+    ``sparsec tune --model`` measures exactly these, so a pruned model's layers are not left dense for want of
+    a measurement."""
+    from sparsec.passes.manager import PassContext, PassManager
+
+    pm = pipeline if isinstance(pipeline, PassManager) else PassManager.parse(pipeline)
+    at = next((i for i, p in enumerate(pm.passes) if isinstance(p, Sparsify24)), None)
+    if at is None:
+        raise PipelineError(f"pipeline '{pm}' has no {Sparsify24.name} pass: no layer would consult a tuning DB",
+                            fix="give the pipeline you will compile with, or the default of a -sparse target")
+    sp = pm.passes[at]
+    if sp.cost_model != "measured":
+        raise PipelineError(f"the pipeline's {Sparsify24.name} decides with cost-model={sp.cost_model}: "
+                            "it reads no tuning DB", actual=str(sp), fix="use cost-model=measured (the default)")
+    work = mod.clone()
+    PassManager(pm.passes[:at]).run(work, PassContext(target=target))
+    tgt = sp.resolve_target(target)
+    db = _Lookups(tgt.arch if tgt is not None else "")
+    decide(work, sp.settings(tgt, work, db=db))
+    return list(dict.fromkeys(db.shapes))

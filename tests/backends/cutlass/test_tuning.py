@@ -82,3 +82,22 @@ def test_tune_cli_checks_its_arguments_before_touching_the_gpu():
     assert res.exit_code == 2 and "nothing to tune" in res.output
     res = CliRunner().invoke(cli, ["tune", "--suite", "nope"])
     assert res.exit_code == 2 and "unknown suite 'nope'" in res.output
+
+
+def test_tune_model_lists_the_shapes_its_compile_looks_up():
+    """--model --list needs no GPU: ResNet-18's 1x1 downsample convs and its fc, at the compile's batch and
+    sizes (64x64 input, batch 2); its kxk convs stay dense without a lookup, so they are not tuned."""
+    from sparsec.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["tune", "--model", "zoo:torchvision/resnet18", "--input-shape", "2,3,64,64", "--list"])
+    assert res.exit_code == 0, res.output
+    assert res.output.split("\n")[:-1] == [
+        "sm_90a fp16 M=128 N=128 K=64", "sm_90a fp16 M=256 N=32 K=128", "sm_90a fp16 M=512 N=8 K=256",
+        "sm_90a fp16 M=1000 N=2 K=512"]
+    for args, message in ((["--target", "h100"], "target 'h100' has no 2:4 kernels"),
+                          (["--arch", "sm_80", "--target", "h100-sparse"], "--arch sm_80 does not match"),
+                          (["--pipeline", "fold-bn"], "has no sparsify-2-4 pass")):
+        res = CliRunner().invoke(cli, ["tune", "--model", "zoo:torchvision/resnet18", "--list", *args])
+        assert res.exit_code in (1, 2) and message in res.output, res.output
+    res = CliRunner().invoke(cli, ["tune", "--input-shape", "1,3,8,8"])
+    assert res.exit_code == 2 and "describe a --model" in res.output

@@ -10,7 +10,7 @@ import torch
 import sparsec
 from sparsec import knobs
 from sparsec.errors import PassFailedError, UsageError
-from sparsec.passes.sparsify import GemmShape, Sparsify24, TuningDB
+from sparsec.passes.sparsify import GemmShape, Sparsify24, TuningDB, shapes_to_tune
 
 from .nets import MLP
 
@@ -176,3 +176,35 @@ def test_kxk_conv_stays_dense_under_the_measured_model(tmp_path):
     assert d["pw"].sparse and d["pw"].reason == "measured: sparse 3us < dense 9us at n=128"
     shape = {x.layer: x for x in Sparsify24(target="h100-sparse", cost_model="shape").decide(mod)}
     assert shape["conv"].sparse  # cost-model=shape still marks it
+
+
+def test_shapes_to_tune_are_what_the_compiled_pipeline_looks_up(mlp, tmp_path):
+    """`sparsec tune --model`'s shapes: those the pass looks up after the passes before it ran (here a prune
+    that changes the widths and a to-dtype), so a DB measured on exactly them decides every layer."""
+    from sparsec.api import resolve_target
+
+    tgt = resolve_target("h100-sparse")
+    before = {k: v.clone() for k, v in mlp.gm.state_dict().items()}
+    prefix = "prune-channels{ratio=0.5,round-to=8},dce,to-dtype{dtype=bf16}"
+    shapes = shapes_to_tune(mlp, f"{prefix},sparsify-2-4", tgt)
+    pruned = mlp.clone()
+    sparsec.PassManager.parse(prefix).run(pruned)
+    weights = [pruned.get_param(n.target) for n in pruned.nodes("get_attr") if n.target.endswith(".weight")]
+    assert shapes == [GemmShape(w.shape[0], w.shape[1], 64, "bf16") for w in weights]
+    assert shapes[0].m < 512  # the pruned width, not the model's own
+    assert all(torch.equal(v, mlp.gm.state_dict()[k]) for k, v in before.items())  # the input is not changed
+    db = _write(tmp_path / "db.json", [_entry(s.m, s.n, s.k, 10.0, 5.0, dtype="bf16") for s in shapes])
+    records = sparsec.PassManager.parse(f'{prefix},sparsify-2-4{{tuning-db="{db}"}}').run(
+        mlp.clone(), sparsec.PassContext(target=tgt))
+    assert records[-1].stats["sparse"] == len(shapes) and records[-1].stats["dense"] == 0
+
+
+def test_shapes_to_tune_needs_a_measured_sparsify(mlp):
+    from sparsec.api import resolve_target
+    from sparsec.errors import PipelineError
+
+    tgt = resolve_target("h100-sparse")
+    with pytest.raises(PipelineError, match="has no sparsify-2-4 pass"):
+        shapes_to_tune(mlp, "dce", tgt)
+    with pytest.raises(PipelineError, match="decides with cost-model=shape: it reads no tuning DB"):
+        shapes_to_tune(mlp, "sparsify-2-4{cost-model=shape}", tgt)
