@@ -1,6 +1,6 @@
 # Sourced by the benchmarks/*_device_run.sh scripts: what each of them needs first on a bare device machine.
 #   . benchmarks/device_setup.sh
-# Installs sparsec into /tmp/site: a real (non-editable) install, and no cwd on sys.path, since the repo's
+# Installs sparsec into /tmp/site (afresh: a warm machine keeps the last call's copy): a real (non-editable) install, and no cwd on sys.path, since the repo's
 # top-level sparsec/ would otherwise shadow the package-dir mapping (sparsec.backends lives in backends/).
 # Unpacks whichever carried CUTLASS headers (.devcache/cutlass.tar.xz) and kernel caches
 # (.devcache/kcache*.tar.xz) the call brought, prints the GPU, and exports the environment they need.
@@ -9,7 +9,7 @@ export SPARSEC_CACHE_DIR=${SPARSEC_CACHE_DIR:-/tmp/sparsec-cache}
 mkdir -p "$OUT" /tmp/cutlass "$SPARSEC_CACHE_DIR"
 [ -f .devcache/cutlass.tar.xz ] && tar xJf .devcache/cutlass.tar.xz -C /tmp/cutlass
 for k in .devcache/kcache*.tar.xz; do [ -f "$k" ] && tar xJf "$k" -C "$SPARSEC_CACHE_DIR"; done
-pip install -q --no-deps --no-build-isolation --target /tmp/site . >/dev/null 2>&1 || echo "pip install failed"
+rm -rf /tmp/site; pip install -q --no-deps --no-build-isolation --target /tmp/site . >/dev/null 2>&1 || echo "pip install failed"
 export PYTHONPATH=/tmp/site PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 SPARSEC_CUTLASS_DIR=/tmp/cutlass/source
 pack_kernels() {  # pack_kernels DEST.tar.xz: the kernels built so far, to carry in .devcache/ next time
   (cd "$SPARSEC_CACHE_DIR" && XZ_OPT=-T0 timeout 60 tar cJf "$1" --exclude='*.lock' --exclude='build.log' kernels) \
