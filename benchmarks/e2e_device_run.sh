@@ -131,7 +131,7 @@ case $MODE in
 from sparsec.backends.bench import sparsec_pipeline as p; g = t('h100-sparse')
 print(p(b(g).pipeline(g), prune_ratio=float(sys.argv[1]), cost_model='measured'))" "${mr#*=}")
       echo "=== tune ${mr%=*} $(date -u +%T) (${pipe})" | tee -a "$LOG"
-      timeout $(( $(left) - 200 )) python3 -m sparsec.cli.main tune --model "zoo:torchvision/${mr%=*}" \
+      COLUMNS=200 timeout $(( $(left) - 200 )) python3 -m sparsec.cli.main tune --model "zoo:torchvision/${mr%=*}" \
         --input-shape 256,3,224,224 --pipeline "$pipe" -o "$OUT/sm_90a.json" 2>&1 | grep -v DEBUG | tee -a "$LOG" \
         | grep -E "^\[|wrote|rror" | tail -4
     done
