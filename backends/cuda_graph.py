@@ -10,6 +10,14 @@ capture, in which the caching allocator already reused the buffers of layers who
 The outputs a call returns are the graph's static outputs: the next call with the same signature
 overwrites them (clone them to keep them), as with ``torch.compile(mode="reduce-overhead")``.
 
+Batch buckets (``batch_buckets=``; by default for an artifact compiled with ``--dynamic-batch``): a call
+of batch ``n`` runs the graph of the smallest bucket ``b >= n``, its input copied into the first ``n``
+rows of the static input, and gets the first ``n`` rows of every output whose dim 0 is ``b``. So a
+dynamic-batch model keeps at most one graph (and one memory pool) per bucket, whatever batches come.
+The other ``b - n`` rows hold earlier samples (the last real one at capture): the rows of an inference
+model are independent, so they cost time only. A batch above the largest bucket gets a graph of its own
+size, with a warning.
+
 Example:
     >>> fast = sparsec.load("r50.sparsec", cuda_graph=True)
     >>> y = fast(x)            # first call: capture; later calls: copy x in, replay
@@ -18,18 +26,76 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
-from typing import Any
+import logging
+from typing import Any, Sequence
 
 import torch
+from torch.utils._pytree import tree_map
 
 from sparsec.errors import TargetError, UsageError
 
+log = logging.getLogger("sparsec.backends.cuda_graph")
+
 WARMUP_CALLS = 3  # eager calls on a side stream before capture (lazy init, cuDNN/cuBLAS handles, kernel loads)
+# Buckets of a dynamic-batch artifact: powers of two, so padding wastes under half of a call's work.
+DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def _signature(args: tuple) -> tuple:
     return tuple((tuple(a.shape), a.dtype, a.stride(), a.device) for a in args)
+
+
+def _require_cuda(args: tuple) -> None:
+    bad = [i for i, a in enumerate(args) if not (isinstance(a, torch.Tensor) and a.is_cuda)]
+    if bad:
+        a = args[bad[0]]
+        raise UsageError(f"input {bad[0]} of a CUDA-graph module is not a CUDA tensor",
+                         expected="positional CUDA tensors",
+                         actual=str(a.device) if isinstance(a, torch.Tensor) else type(a).__name__,
+                         fix="move the inputs to the GPU (x.cuda())")
+
+
+def default_buckets(manifest: dict) -> tuple[int, ...]:
+    """An artifact's batch buckets: for a dynamic batch, :data:`DEFAULT_BATCH_BUCKETS` inside the range it
+    was exported with; none for a static one."""
+    inputs = manifest.get("inputs", {})
+    if not inputs.get("dynamic_batch"):
+        return ()
+    lo, hi = 1, None
+    for t in inputs.get("tensors", []):
+        dim = t.get("dynamic_dims", {}).get("0") or {}
+        lo = max(lo, dim.get("min") or 1)
+        hi = dim["max"] if dim.get("max") and (hi is None or dim["max"] < hi) else hi
+    return tuple(b for b in DEFAULT_BATCH_BUCKETS if lo <= b and (hi is None or b <= hi))
+
+
+def check_buckets(sizes: Sequence[int]) -> tuple[int, ...]:
+    """Sorted, distinct, positive batch sizes, or a UsageError."""
+    if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
+        raise UsageError("batch buckets must be positive integers", actual=repr(tuple(sizes)),
+                         fix="e.g. batch_buckets=(1, 8, 32, 256)")
+    return tuple(sorted(set(sizes)))
+
+
+def bucket_for(batch: int, buckets: Sequence[int]) -> int | None:
+    """The smallest bucket >= ``batch``; None above the largest."""
+    i = bisect.bisect_left(buckets, batch)
+    return buckets[i] if i < len(buckets) else None
+
+
+def _memory_format(a: torch.Tensor) -> torch.memory_format:
+    channels_last = a.dim() == 4 and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def pad_batch(a: torch.Tensor, b: int) -> torch.Tensor:
+    """``a`` grown to batch ``b`` in its own memory format, the extra rows repeating its last sample."""
+    full = torch.empty((b, *a.shape[1:]), dtype=a.dtype, device=a.device, memory_format=_memory_format(a))
+    full[: a.shape[0]].copy_(a)
+    full[a.shape[0]:].copy_(a[-1:].expand(b - a.shape[0], *a.shape[1:]))
+    return full
 
 
 @dataclasses.dataclass
@@ -55,14 +121,18 @@ class CudaGraphModule(torch.nn.Module):
     Inputs are positional CUDA tensors. Outputs are static (overwritten by the next call of the same
     signature). ``graphs`` maps each signature seen to its :class:`CapturedGraph`. A module with
     parameters or buffers left on the CPU is refused; ``check_device=False`` skips that check (for a CUDA
-    callable that is not an ``nn.Module``, e.g. a TVM runtime).
+    callable that is not an ``nn.Module``, e.g. a TVM runtime). With ``batch_buckets``, a call whose inputs
+    share a batch size runs padded to its bucket (see the module docs).
 
     Example:
         >>> m = CudaGraphModule(net.cuda().eval())
         >>> y = m(torch.randn(8, 3, 224, 224, device="cuda"))
+        >>> m = CudaGraphModule(net.cuda().eval(), batch_buckets=(1, 8, 32))
+        >>> y = m(torch.randn(5, 3, 224, 224, device="cuda"))  # the batch-8 graph; y is its first 5 rows
     """
 
-    def __init__(self, module: torch.nn.Module, *, warmup: int = WARMUP_CALLS, check_device: bool = True) -> None:
+    def __init__(self, module: torch.nn.Module, *, warmup: int = WARMUP_CALLS, check_device: bool = True,
+                 batch_buckets: Sequence[int] | None = None) -> None:
         super().__init__()
         if not torch.cuda.is_available():
             raise TargetError("cuda_graph=True needs a CUDA GPU", actual="torch.cuda.is_available() is False",
@@ -75,17 +145,14 @@ class CudaGraphModule(torch.nn.Module):
                              fix="compile for a GPU target (e.g. --target h100), or move the module with .cuda()")
         self.module = module
         self.warmup = warmup
+        self.buckets = check_buckets(batch_buckets) if batch_buckets else ()  # () or None: a graph per batch
         self.graphs: dict[tuple, CapturedGraph] = {}
+        self._warned_over: set[int] = set()
 
-    def capture(self, *args: torch.Tensor) -> CapturedGraph:
-        """Warm up on a side stream, capture ``module(*args)`` once, and keep it for this signature."""
-        bad = [i for i, a in enumerate(args) if not (isinstance(a, torch.Tensor) and a.is_cuda)]
-        if bad:
-            a = args[bad[0]]
-            raise UsageError(f"input {bad[0]} of a CUDA-graph module is not a CUDA tensor",
-                             expected="positional CUDA tensors",
-                             actual=str(a.device) if isinstance(a, torch.Tensor) else type(a).__name__,
-                             fix="move the inputs to the GPU (x.cuda())")
+    def capture(self, *args: torch.Tensor, key: tuple | None = None) -> CapturedGraph:
+        """Warm up on a side stream, capture ``module(*args)`` once, and keep it under ``key`` (default: the
+        inputs' signature)."""
+        _require_cuda(args)
         static = tuple(a.detach().clone() for a in args)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -97,12 +164,36 @@ class CudaGraphModule(torch.nn.Module):
         with torch.cuda.graph(graph), torch.no_grad():
             out = self.module(*static)
         captured = CapturedGraph(graph, static, out)
-        self.graphs[_signature(args)] = captured
+        self.graphs[_signature(args) if key is None else key] = captured
         return captured
 
     def forward(self, *args: torch.Tensor) -> Any:
-        captured = self.graphs.get(_signature(args)) if all(isinstance(a, torch.Tensor) for a in args) else None
+        tensors = all(isinstance(a, torch.Tensor) for a in args)
+        if self.buckets and tensors and args and all(a.dim() and a.shape[0] == args[0].shape[0] for a in args):
+            return self._bucketed(args[0].shape[0], args)
+        captured = self.graphs.get(_signature(args)) if tensors else None
         if captured is None:
             return self.capture(*args).replay()  # the capture ran on copies of args: replay computes this call
         captured.copy_in(*args)
         return captured.replay()
+
+    def _bucketed(self, n: int, args: tuple) -> Any:
+        b = bucket_for(n, self.buckets)
+        if b is None:
+            if n not in self._warned_over:
+                self._warned_over.add(n)
+                log.warning("batch %d is above the largest bucket %d: captured at its own size (one more graph "
+                            "and memory pool)", n, self.buckets[-1])
+            b = n
+        key = ("bucket", b, *((tuple(a.shape[1:]), a.dtype, a.device, _memory_format(a)) for a in args))
+        captured = self.graphs.get(key)
+        if captured is None:
+            _require_cuda(args)  # before padding, which would hide where a CPU input came from
+            captured = self.capture(*(pad_batch(a, b) for a in args), key=key)
+        else:
+            for static, a in zip(captured.inputs, args):
+                static[:n].copy_(a)
+        out = captured.replay()
+        if n == b:
+            return out
+        return tree_map(lambda t: t[:n] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == b else t, out)

@@ -169,22 +169,31 @@ def _as_module(model, example_inputs):
                      expected="an nn.Module, a sparsec.ir.Module or a model spec string", actual=type(model).__name__)
 
 
-def load(path, *, cuda_graph: bool = False) -> torch.nn.Module:
+def load(path, *, cuda_graph: bool = False, batch_buckets: Sequence[int] | None = None) -> torch.nn.Module:
     """Load a compiled artifact as a callable module (hashes and target checked).
 
     ``cuda_graph=True`` (GPU targets): the module captures the whole program as one CUDA graph on its
     first call per input shape and replays it after; its outputs are overwritten by the next call of
-    the same shape (see :mod:`sparsec.backends.cuda_graph`).
+    the same shape (see :mod:`sparsec.backends.cuda_graph`). For an artifact compiled with
+    ``--dynamic-batch``, calls are padded to ``batch_buckets`` (default: powers of two up to 256, inside
+    its batch range), so it keeps one graph per bucket; ``batch_buckets=()`` captures every batch size.
 
     Example:
         >>> model = sparsec.load("resnet18.sparsec")
         >>> fast = sparsec.load("r50.sparsec", cuda_graph=True)
+        >>> dyn = sparsec.load("r50-dynamic.sparsec", cuda_graph=True, batch_buckets=(1, 8, 32, 256))
     """
     from sparsec.backends.artifact import load_artifact
+    from sparsec.backends.cuda_graph import CudaGraphModule, default_buckets
 
-    module, _ = load_artifact(path)
+    module, manifest = load_artifact(path)
+    if batch_buckets is not None and not cuda_graph:
+        raise UsageError("batch_buckets sizes the CUDA graphs of cuda_graph=True", fix="add cuda_graph=True, or drop it")
+    if batch_buckets and not manifest.get("inputs", {}).get("dynamic_batch"):
+        shape = [t.get("shape") for t in manifest.get("inputs", {}).get("tensors", [])]
+        raise UsageError(f"artifact '{path}' has a static batch: it runs at its compiled shape only",
+                         actual=f"inputs {shape}", fix="compile with --dynamic-batch, or drop batch_buckets")
     if cuda_graph:
-        from sparsec.backends.cuda_graph import CudaGraphModule
-
-        return CudaGraphModule(module)
+        return CudaGraphModule(module, batch_buckets=default_buckets(manifest) if batch_buckets is None
+                               else tuple(batch_buckets))
     return module

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import sparsec
+from sparsec.backends import cuda_graph as cg
 from sparsec.backends.cuda_graph import CudaGraphModule
 from sparsec.errors import TargetError, UsageError
 
@@ -75,3 +76,55 @@ def test_sparsec_load_cuda_graph_matches_the_plain_loaded_program(tmp_path):
         with torch.no_grad():
             assert _rel(graphed(x)[0], plain(x)[0]) < 1e-3
     assert len(graphed.graphs) == 1
+
+
+def test_buckets_are_checked_and_a_batch_takes_the_smallest_that_fits():
+    assert cg.check_buckets([8, 1, 8, 32]) == (1, 8, 32)
+    for bad in ((), (0, 8), (-1,), (True, 8), (2.5,)):
+        with pytest.raises(UsageError, match="batch buckets must be positive integers"):
+            cg.check_buckets(bad)
+    assert [cg.bucket_for(n, (1, 8, 32)) for n in (1, 2, 8, 9, 32, 33)] == [1, 8, 8, 32, 32, None]
+
+
+def test_pad_batch_keeps_the_rows_and_the_memory_format():
+    x = torch.randn(3, 4, 5, 6).to(memory_format=torch.channels_last)
+    p = cg.pad_batch(x, 8)
+    assert p.shape == (8, 4, 5, 6) and p.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(p[:3], x) and torch.equal(p[3:], x[-1:].expand(5, 4, 5, 6))
+    y = torch.randn(2, 7)
+    assert cg.pad_batch(y, 4).is_contiguous() and torch.equal(cg.pad_batch(y, 4)[:2], y)
+
+
+def test_default_buckets_follow_the_exported_batch_range():
+    def manifest(dynamic, lo=1, hi=65536):
+        dims = {"0": {"name": "batch", "min": lo, "max": hi}} if dynamic else {}
+        return {"inputs": {"dynamic_batch": dynamic, "tensors": [{"dynamic_dims": dims}]}}
+
+    assert cg.default_buckets(manifest(False)) == ()
+    assert cg.default_buckets(manifest(True)) == cg.DEFAULT_BATCH_BUCKETS
+    assert cg.default_buckets(manifest(True, hi=20)) == (1, 2, 4, 8, 16)
+    assert cg.default_buckets(manifest(True, lo=3, hi=64)) == (4, 8, 16, 32, 64)
+
+
+def test_load_refuses_buckets_it_cannot_use(tmp_path):
+    res = sparsec.compile(_net(), (torch.randn(2, 3, 16, 16),), target="cpu", output=tmp_path / "m.sparsec")
+    with pytest.raises(UsageError, match="batch_buckets sizes the CUDA graphs of cuda_graph=True"):
+        sparsec.load(res.artifact, batch_buckets=(1, 8))
+    with pytest.raises(UsageError, match="has a static batch: it runs at its compiled shape only") as err:
+        sparsec.load(res.artifact, cuda_graph=True, batch_buckets=(1, 8))
+    assert "compile with --dynamic-batch" in str(err.value)
+
+
+@pytest.mark.gpu
+def test_buckets_keep_one_graph_per_bucket_and_return_the_callers_rows():
+    """Batches 3 and 4 share the bucket-4 graph, 1 takes bucket 2, 8 its own bucket, and 11, above the
+    largest, a graph of its own size; every call matches the eager model on its own rows."""
+    net = _net().cuda().half()
+    m = CudaGraphModule(net, batch_buckets=(2, 4, 8))
+    g = torch.Generator(device="cuda").manual_seed(2)
+    with torch.no_grad():
+        for n in (3, 4, 1, 3, 8, 11):
+            x = torch.randn(n, 3, 16, 16, device="cuda", generator=g).half().to(memory_format=torch.channels_last)
+            y = m(x)
+            assert y.shape == (n, 10) and _rel(y, net(x)) < 1e-3, n
+    assert sorted(k[1] for k in m.graphs) == [2, 4, 8, 11]
