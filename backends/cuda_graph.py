@@ -10,13 +10,10 @@ capture, in which the caching allocator already reused the buffers of layers who
 The outputs a call returns are the graph's static outputs: the next call with the same signature
 overwrites them (clone them to keep them), as with ``torch.compile(mode="reduce-overhead")``.
 
-Batch buckets (``batch_buckets=``; by default for an artifact compiled with ``--dynamic-batch``): a call
-of batch ``n`` runs the graph of the smallest bucket ``b >= n``, its input copied into the first ``n``
-rows of the static input, and gets the first ``n`` rows of every output whose dim 0 is ``b``. So a
-dynamic-batch model keeps at most one graph (and one memory pool) per bucket, whatever batches come.
-The other ``b - n`` rows hold earlier samples (the last real one at capture): the rows of an inference
-model are independent, so they cost time only. A batch above the largest bucket gets a graph of its own
-size, with a warning.
+Batch buckets (:class:`BatchBuckets`; ``sparsec.load`` puts one around the graphs of an artifact compiled
+with ``--dynamic-batch``): a call of batch ``n`` runs padded to the smallest bucket ``b >= n`` and gets its
+own ``n`` rows back, so a dynamic-batch model keeps at most one graph (and one memory pool) per bucket,
+whatever batches come.
 
 Example:
     >>> fast = sparsec.load("r50.sparsec", cuda_graph=True)
@@ -45,16 +42,6 @@ DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 def _signature(args: tuple) -> tuple:
     return tuple((tuple(a.shape), a.dtype, a.stride(), a.device) for a in args)
-
-
-def _require_cuda(args: tuple) -> None:
-    bad = [i for i, a in enumerate(args) if not (isinstance(a, torch.Tensor) and a.is_cuda)]
-    if bad:
-        a = args[bad[0]]
-        raise UsageError(f"input {bad[0]} of a CUDA-graph module is not a CUDA tensor",
-                         expected="positional CUDA tensors",
-                         actual=str(a.device) if isinstance(a, torch.Tensor) else type(a).__name__,
-                         fix="move the inputs to the GPU (x.cuda())")
 
 
 def default_buckets(manifest: dict) -> tuple[int, ...]:
@@ -121,18 +108,14 @@ class CudaGraphModule(torch.nn.Module):
     Inputs are positional CUDA tensors. Outputs are static (overwritten by the next call of the same
     signature). ``graphs`` maps each signature seen to its :class:`CapturedGraph`. A module with
     parameters or buffers left on the CPU is refused; ``check_device=False`` skips that check (for a CUDA
-    callable that is not an ``nn.Module``, e.g. a TVM runtime). With ``batch_buckets``, a call whose inputs
-    share a batch size runs padded to its bucket (see the module docs).
+    callable that is not an ``nn.Module``, e.g. a TVM runtime).
 
     Example:
         >>> m = CudaGraphModule(net.cuda().eval())
         >>> y = m(torch.randn(8, 3, 224, 224, device="cuda"))
-        >>> m = CudaGraphModule(net.cuda().eval(), batch_buckets=(1, 8, 32))
-        >>> y = m(torch.randn(5, 3, 224, 224, device="cuda"))  # the batch-8 graph; y is its first 5 rows
     """
 
-    def __init__(self, module: torch.nn.Module, *, warmup: int = WARMUP_CALLS, check_device: bool = True,
-                 batch_buckets: Sequence[int] | None = None) -> None:
+    def __init__(self, module: torch.nn.Module, *, warmup: int = WARMUP_CALLS, check_device: bool = True) -> None:
         super().__init__()
         if not torch.cuda.is_available():
             raise TargetError("cuda_graph=True needs a CUDA GPU", actual="torch.cuda.is_available() is False",
@@ -145,14 +128,17 @@ class CudaGraphModule(torch.nn.Module):
                              fix="compile for a GPU target (e.g. --target h100), or move the module with .cuda()")
         self.module = module
         self.warmup = warmup
-        self.buckets = check_buckets(batch_buckets) if batch_buckets else ()  # () or None: a graph per batch
         self.graphs: dict[tuple, CapturedGraph] = {}
-        self._warned_over: set[int] = set()
 
-    def capture(self, *args: torch.Tensor, key: tuple | None = None) -> CapturedGraph:
-        """Warm up on a side stream, capture ``module(*args)`` once, and keep it under ``key`` (default: the
-        inputs' signature)."""
-        _require_cuda(args)
+    def capture(self, *args: torch.Tensor) -> CapturedGraph:
+        """Warm up on a side stream, capture ``module(*args)`` once, and keep it for this signature."""
+        bad = [i for i, a in enumerate(args) if not (isinstance(a, torch.Tensor) and a.is_cuda)]
+        if bad:
+            a = args[bad[0]]
+            raise UsageError(f"input {bad[0]} of a CUDA-graph module is not a CUDA tensor",
+                             expected="positional CUDA tensors",
+                             actual=str(a.device) if isinstance(a, torch.Tensor) else type(a).__name__,
+                             fix="move the inputs to the GPU (x.cuda())")
         static = tuple(a.detach().clone() for a in args)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -164,36 +150,48 @@ class CudaGraphModule(torch.nn.Module):
         with torch.cuda.graph(graph), torch.no_grad():
             out = self.module(*static)
         captured = CapturedGraph(graph, static, out)
-        self.graphs[_signature(args) if key is None else key] = captured
+        self.graphs[_signature(args)] = captured
         return captured
 
     def forward(self, *args: torch.Tensor) -> Any:
-        tensors = all(isinstance(a, torch.Tensor) for a in args)
-        if self.buckets and tensors and args and all(a.dim() and a.shape[0] == args[0].shape[0] for a in args):
-            return self._bucketed(args[0].shape[0], args)
-        captured = self.graphs.get(_signature(args)) if tensors else None
+        captured = self.graphs.get(_signature(args)) if all(isinstance(a, torch.Tensor) for a in args) else None
         if captured is None:
             return self.capture(*args).replay()  # the capture ran on copies of args: replay computes this call
         captured.copy_in(*args)
         return captured.replay()
 
-    def _bucketed(self, n: int, args: tuple) -> Any:
+
+class BatchBuckets(torch.nn.Module):
+    """``module`` called only at bucketed batch sizes: a call of batch ``n`` (every input's dim 0) runs at
+    the smallest bucket ``b >= n``, its inputs padded by repeating their last sample, and returns the first
+    ``n`` rows of every output whose dim 0 is ``b``. Above the largest bucket a call runs at its own size,
+    with a warning. Around a :class:`CudaGraphModule`, a dynamic-batch model keeps one graph (and one
+    memory pool) per bucket. The rows of an inference model are independent, so padding costs time only.
+
+    Example:
+        >>> m = BatchBuckets(CudaGraphModule(net.cuda().eval()), (1, 8, 32))
+        >>> y = m(torch.randn(5, 3, 224, 224, device="cuda"))  # the batch-8 graph; y is its first 5 rows
+    """
+
+    def __init__(self, module, buckets: Sequence[int]) -> None:
+        super().__init__()
+        self.module = module
+        self.buckets = check_buckets(buckets)
+        self._warned_over: set[int] = set()
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        if not args or not all(isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == args[0].shape[0]
+                               for a in args):
+            return self.module(*args)
+        n = args[0].shape[0]
         b = bucket_for(n, self.buckets)
         if b is None:
             if n not in self._warned_over:
                 self._warned_over.add(n)
-                log.warning("batch %d is above the largest bucket %d: captured at its own size (one more graph "
-                            "and memory pool)", n, self.buckets[-1])
+                log.warning("batch %d is above the largest bucket %d: it runs at its own size (under a CUDA graph: "
+                            "one more graph and memory pool)", n, self.buckets[-1])
             b = n
-        key = ("bucket", b, *((tuple(a.shape[1:]), a.dtype, a.device, _memory_format(a)) for a in args))
-        captured = self.graphs.get(key)
-        if captured is None:
-            _require_cuda(args)  # before padding, which would hide where a CPU input came from
-            captured = self.capture(*(pad_batch(a, b) for a in args), key=key)
-        else:
-            for static, a in zip(captured.inputs, args):
-                static[:n].copy_(a)
-        out = captured.replay()
-        if n == b:
-            return out
+        if b == n:
+            return self.module(*args)
+        out = self.module(*(pad_batch(a, b) for a in args))
         return tree_map(lambda t: t[:n] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == b else t, out)

@@ -184,7 +184,7 @@ def load(path, *, cuda_graph: bool = False, batch_buckets: Sequence[int] | None 
         >>> dyn = sparsec.load("r50-dynamic.sparsec", cuda_graph=True, batch_buckets=(1, 8, 32, 256))
     """
     from sparsec.backends.artifact import load_artifact
-    from sparsec.backends.cuda_graph import CudaGraphModule, default_buckets
+    from sparsec.backends.cuda_graph import BatchBuckets, CudaGraphModule, default_buckets
 
     module, manifest = load_artifact(path)
     if batch_buckets is not None and not cuda_graph:
@@ -193,7 +193,8 @@ def load(path, *, cuda_graph: bool = False, batch_buckets: Sequence[int] | None 
         shape = [t.get("shape") for t in manifest.get("inputs", {}).get("tensors", [])]
         raise UsageError(f"artifact '{path}' has a static batch: it runs at its compiled shape only",
                          actual=f"inputs {shape}", fix="compile with --dynamic-batch, or drop batch_buckets")
-    if cuda_graph:
-        return CudaGraphModule(module, batch_buckets=default_buckets(manifest) if batch_buckets is None
-                               else tuple(batch_buckets))
-    return module
+    if not cuda_graph:
+        return module
+    graphs = CudaGraphModule(module)
+    buckets = default_buckets(manifest) if batch_buckets is None else tuple(batch_buckets)
+    return BatchBuckets(graphs, buckets) if buckets else graphs

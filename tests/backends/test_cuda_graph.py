@@ -115,16 +115,58 @@ def test_load_refuses_buckets_it_cannot_use(tmp_path):
     assert "compile with --dynamic-batch" in str(err.value)
 
 
+class _Seen(torch.nn.Module):
+    """A module that records the batch sizes it is called at."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.batches = net, []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        return self.net(x), x.shape[0]
+
+
+def test_batch_buckets_pad_to_the_bucket_and_return_the_callers_rows(caplog):
+    """Batches 3 and 4 run at bucket 4, 1 at 2, 8 at 8, and 11, above the largest, at its own size with one
+    warning; every call matches the unpadded model on its own rows, and non-batch outputs pass through."""
+    net = _net()
+    m = cg.BatchBuckets(_Seen(net), (2, 4, 8))
+    torch.manual_seed(2)
+    with torch.no_grad(), caplog.at_level("WARNING", logger="sparsec.backends.cuda_graph"):
+        for n in (3, 4, 1, 8, 11, 11):
+            x = torch.randn(n, 3, 16, 16).to(memory_format=torch.channels_last)
+            y, seen = m(x)
+            assert y.shape == (n, 10) and torch.allclose(y, net(x), atol=1e-5), n
+            assert seen == {3: 4, 4: 4, 1: 2, 8: 8, 11: 11}[n]
+    assert m.module.batches == [4, 4, 2, 8, 11, 11]
+    assert [r.message for r in caplog.records] == [
+        "batch 11 is above the largest bucket 8: it runs at its own size (under a CUDA graph: one more graph "
+        "and memory pool)"]
+
+
+def test_load_puts_buckets_around_the_graphs_of_a_dynamic_batch_artifact(tmp_path, monkeypatch):
+    monkeypatch.setattr(cg, "CudaGraphModule", lambda module: module)  # no GPU here: the wiring alone
+    dyn = sparsec.trace(_net(), (torch.randn(4, 3, 16, 16),), dynamic_batch=True)
+    res = sparsec.compile(dyn, target="cpu", output=tmp_path / "dyn.sparsec")
+    m = sparsec.load(res.artifact, cuda_graph=True)
+    assert isinstance(m, cg.BatchBuckets) and m.buckets == cg.DEFAULT_BATCH_BUCKETS
+    x = torch.randn(3, 3, 16, 16)
+    assert torch.allclose(m(x), sparsec.load(res.artifact)(x), atol=1e-5) and m(x).shape == (3, 10)
+    assert sparsec.load(res.artifact, cuda_graph=True, batch_buckets=(2, 16)).buckets == (2, 16)
+    assert not isinstance(sparsec.load(res.artifact, cuda_graph=True, batch_buckets=()), cg.BatchBuckets)
+    static = sparsec.compile(_net(), (torch.randn(2, 3, 16, 16),), target="cpu", output=tmp_path / "s.sparsec")
+    assert not isinstance(sparsec.load(static.artifact, cuda_graph=True), cg.BatchBuckets)
+
+
 @pytest.mark.gpu
-def test_buckets_keep_one_graph_per_bucket_and_return_the_callers_rows():
-    """Batches 3 and 4 share the bucket-4 graph, 1 takes bucket 2, 8 its own bucket, and 11, above the
-    largest, a graph of its own size; every call matches the eager model on its own rows."""
+def test_batch_buckets_around_cuda_graphs_keep_one_graph_per_bucket():
     net = _net().cuda().half()
-    m = CudaGraphModule(net, batch_buckets=(2, 4, 8))
+    m = cg.BatchBuckets(CudaGraphModule(net), (2, 4, 8))
     g = torch.Generator(device="cuda").manual_seed(2)
     with torch.no_grad():
-        for n in (3, 4, 1, 3, 8, 11):
-            x = torch.randn(n, 3, 16, 16, device="cuda", generator=g).half().to(memory_format=torch.channels_last)
+        for n in (3, 4, 1, 3, 8):
+            x = torch.randn(n, 3, 16, 16, device="cuda", generator=g).half()
             y = m(x)
             assert y.shape == (n, 10) and _rel(y, net(x)) < 1e-3, n
-    assert sorted(k[1] for k in m.graphs) == [2, 4, 8, 11]
+    assert sorted(k[0][0][0] for k in m.module.graphs) == [2, 4, 8]
