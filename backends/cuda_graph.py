@@ -54,7 +54,8 @@ def default_buckets(manifest: dict) -> tuple[int, ...]:
     for t in inputs.get("tensors", []):
         dim = t.get("dynamic_dims", {}).get("0") or {}
         lo = max(lo, dim.get("min") or 1)
-        hi = dim["max"] if dim.get("max") and (hi is None or dim["max"] < hi) else hi
+        if dim.get("max"):
+            hi = dim["max"] if hi is None else min(hi, dim["max"])
     return tuple(b for b in DEFAULT_BATCH_BUCKETS if lo <= b and (hi is None or b <= hi))
 
 

@@ -186,9 +186,9 @@ def load(path, *, cuda_graph: bool = False, batch_buckets: Sequence[int] | None 
     from sparsec.backends.artifact import load_artifact
     from sparsec.backends.cuda_graph import BatchBuckets, CudaGraphModule, default_buckets
 
-    module, manifest = load_artifact(path)
-    if batch_buckets is not None and not cuda_graph:
+    if batch_buckets is not None and not cuda_graph:  # before the artifact is read and verified
         raise UsageError("batch_buckets sizes the CUDA graphs of cuda_graph=True", fix="add cuda_graph=True, or drop it")
+    module, manifest = load_artifact(path)
     if batch_buckets and not manifest.get("inputs", {}).get("dynamic_batch"):
         shape = [t.get("shape") for t in manifest.get("inputs", {}).get("tensors", [])]
         raise UsageError(f"artifact '{path}' has a static batch: it runs at its compiled shape only",
