@@ -1,12 +1,13 @@
-"""Depthwise convs, layer by layer: sparsec's kernel (tiled and direct) against cuDNN, on this GPU.
+"""Depthwise convs, layer by layer: sparsec's kernel (tiled, direct and rows) against cuDNN, on this GPU.
 
 For every depthwise conv of the models (their shapes at ``--batch``, found by tracing them), times, each
 captured in a CUDA graph and replayed (median of CUDA-event timings):
 
 * ``cudnn_conv``: ``F.conv2d`` alone, channels-last, no bias (the floor of the unfused path);
 * ``cudnn_epilogue``: the conv with bias, then the activation: what PyTorch runs without the kernel;
-* ``sparsec_ms``: ``sparsec::dwconv2d``, bias and activation fused, per variant (tiled / direct by
-  default; with ``--sweep`` also every outputs-per-thread and blocks-per-SM bound).
+* ``sparsec_ms``: ``sparsec::dwconv2d``, bias and activation fused, per variant (``--variants``: the three
+  layouts' defaults; ``sweep``, every outputs-per-thread and blocks-per-SM bound of each; ``rows``, the
+  shipped table's choice beside the rows layout's sweep).
 
 Each kernel's output is checked against the conv computed in float32 (relative error). Writes
 ``dwconv_<gpu>.json`` (BENCHMARKS.md fields; one record per layer, totals per model) and, with
@@ -14,7 +15,7 @@ Each kernel's output is checked against the conv computed in float32 (relative e
 ``SPARSEC_CUTLASS_DEPTHWISE=auto`` reads.
 
     python benchmarks/dwconv.py --models mobilenet_v2,efficientnet_b0 --batch 256
-    python benchmarks/dwconv.py --sweep --write-table $SPARSEC_CACHE_DIR/tuning/dw_sm_90a.json
+    python benchmarks/dwconv.py --variants sweep --write-table $SPARSEC_CACHE_DIR/tuning/dw_sm_90a.json
 """
 
 from __future__ import annotations
@@ -53,18 +54,30 @@ def layers(name: str) -> list[dict]:
     return found
 
 
-def variants(k: int, stride: int, sweep: bool) -> list[tuple[bool, int, int]]:
-    """(tiled, tw, occ) to time: the two defaults, or with ``--sweep`` every outputs-per-thread and
-    blocks-per-SM bound of both."""
-    if not sweep:
-        return [(True, 0, 0), (False, 0, 0)]
+def variants(k: int, stride: int, which: str, arch: str = "sm_90a") -> list[tuple[bool, int, int, bool]]:
+    """(tiled, tw, occ, rows) to time. ``defaults``: each layout's default; ``sweep``: every outputs-per-thread
+    and blocks-per-SM bound of each; ``rows``: the shipped table's choice and the rows layout's sweep."""
+    from sparsec.backends.cutlass import depthwise as D
+
+    rows_sweep = [(False, tw, occ, True) for tw in ((2, 4) if stride == 1 else (1, 2)) for occ in (0, 2)]
+    if which == "defaults":
+        return [(True, 0, 0, False), (False, 0, 0, False), (False, 0, 0, True)]
+    if which == "rows":
+        shipped = D.tuning_table(arch).get(f"k{k}s{stride}")
+        table = [(bool(shipped["tiled"]), shipped["tw"], shipped["occ"], bool(shipped.get("rows", False)))] if shipped else []
+        return table + [v for v in rows_sweep if v not in table]
     tws = (2, 4, 8) if stride == 1 else (1, 2, 4)
-    return [(t, tw, occ) for t in (True, False) for tw in tws for occ in (0, 2, 3, 4)]
+    return [(t, tw, occ, False) for t in (True, False) for tw in tws for occ in (0, 2, 3, 4)] + rows_sweep
 
 
-def label(v: tuple[bool, int, int]) -> str:
-    tiled, tw, occ = v
-    return f"{'tiled' if tiled else 'direct'}-tw{tw}-o{occ}"
+def label(v: tuple[bool, int, int, bool]) -> str:
+    tiled, tw, occ, rows = v
+    return f"{'tiled' if tiled else 'rows' if rows else 'direct'}-tw{tw}-o{occ}"
+
+
+def parse_label(text: str) -> dict:
+    layout, tw, occ = text.split("-")
+    return {"tiled": layout == "tiled", "tw": int(tw[2:]), "occ": int(occ[1:]), "rows": layout == "rows"}
 
 
 def main(argv=None) -> int:
@@ -79,12 +92,15 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--dtype", default="fp16", choices=sorted(D.DTYPES))
     ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--sweep", action="store_true",
-                    help="time every (tiled|direct, outputs per thread, blocks-per-SM bound) variant, not just the two defaults")
+    ap.add_argument("--variants", choices=("defaults", "sweep", "rows"), default="defaults",
+                    help="which kernel variants to time: each layout's default; every (layout, outputs per thread, "
+                         "blocks-per-SM bound); or the shipped table's choice beside the rows layout's sweep")
+    ap.add_argument("--sweep", action="store_true", help="the same as --variants sweep")
     ap.add_argument("--write-table", default=None, metavar="JSON",
                     help="write the fastest variant per (k, stride), summed over the layers, as a depthwise tuning "
                          "table (read from <cache dir>/tuning/dw_<arch>.json or backends/cutlass/tuned/)")
     args = ap.parse_args(argv)
+    which = "sweep" if args.sweep else args.variants
     if not torch.cuda.is_available():
         sys.exit("benchmarks/dwconv.py needs a CUDA GPU")
     torch.backends.cudnn.benchmark = True
@@ -95,7 +111,7 @@ def main(argv=None) -> int:
         act = ACT.get(name, "relu")
         shapes = layers(name)
         D.preload([D.DwConfig(arch, args.dtype, s["k"], s["stride"], act, "none", False, *v)
-                   for s in shapes for v in variants(s["k"], s["stride"], args.sweep)])
+                   for s in shapes for v in variants(s["k"], s["stride"], which, arch)])
         for i, s in enumerate(shapes):
             n, c, h, w, k, st, p = args.batch, s["C"], s["H"], s["W"], s["k"], s["stride"], s["padding"]
             x = torch.randn(n, c, h, w, device="cuda", generator=g).to(dt).contiguous(memory_format=torch.channels_last)
@@ -110,7 +126,7 @@ def main(argv=None) -> int:
             rec["cudnn_epilogue_ms"] = round(median(time_cuda_graph(
                 lambda: ACTIVATIONS[act](F.conv2d(x, wt, b, st, p, 1, c)), iters=args.iters)), 5)
             rec["sparsec_ms"], worst = {}, 0.0
-            for v in variants(k, st, args.sweep):
+            for v in variants(k, st, which, arch):
                 cfg = D.DwConfig(arch, args.dtype, k, st, act, "none", False, *v).name
                 fn = lambda cfg=cfg: torch.ops.sparsec.dwconv2d(x_nhwc, w_kkc, b, None, [p, p], cfg)  # noqa: E731
                 rec["sparsec_ms"][label(v)] = round(median(time_cuda_graph(fn, iters=args.iters)), 5)
@@ -139,18 +155,17 @@ def main(argv=None) -> int:
         common = set.intersection(*(set(r["sparsec_ms"]) for r in rows))
         sums = {v: sum(r["sparsec_ms"][v] for r in rows) for v in common}
         best = min(sums, key=sums.get)
-        tiled, tw, occ = best.split("-")
-        choices[key] = {"tiled": tiled == "tiled", "tw": int(tw[2:]), "occ": int(occ[1:]), "layers": len(rows),
-                        "ms": round(sums[best], 4), "variants_timed": len(sums)}
+        choices[key] = {**parse_label(best), "layers": len(rows), "ms": round(sums[best], 4),
+                        "variants_timed": len(sums)}
     for name in totals:  # the table's choices, summed per model: what auto runs
         rows = [r for r in records if r["model"] == name]
         totals[name]["sparsec_table"] = round(sum(
-            r["sparsec_ms"][label(tuple(choices[f"k{r['k']}s{r['stride']}"][f] for f in ("tiled", "tw", "occ")))]
+            r["sparsec_ms"][label(tuple(choices[f"k{r['k']}s{r['stride']}"][f] for f in ("tiled", "tw", "occ", "rows")))]
             for r in rows), 4)
     print("choices:", json.dumps(choices))
     path = write_results("dwconv", "per layer: median of CUDA-event timings of CUDA-graph replays after warm-up; "
                          "random inputs, channels-last; rel err of the fused kernels vs the float32 conv",
-                         records, totals=totals, choices=choices, sweep=args.sweep)
+                         records, totals=totals, choices=choices, variants=which)
     print(f"wrote {path}")
     if args.write_table:
         table = Path(args.write_table)

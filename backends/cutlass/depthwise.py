@@ -64,7 +64,7 @@ ACTS = ("none", "relu", "relu6", "silu", "gelu", "gelu_tanh", "hardswish", "sigm
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 CUDA_T = {"fp16": "__half", "bf16": "__nv_bfloat16"}
 _ACT_RE = "|".join(sorted(ACTS, key=len, reverse=True))  # gelu_tanh before gelu: names hold underscores
-_NAME = re.compile(rf"dw_(sm_\w+?)_(fp16|bf16)_k(\d)s(\d)_({_ACT_RE})_({_ACT_RE})(_res)?(_direct)?(?:_tw(\d))?(?:_o(\d))?$")
+_NAME = re.compile(rf"dw_(sm_\w+?)_(fp16|bf16)_k(\d)s(\d)_({_ACT_RE})_({_ACT_RE})(_res)?(_direct|_rows)?(?:_tw(\d))?(?:_o(\d))?$")
 TWS = (1, 2, 4, 8)
 OCCS = (1, 2, 3, 4)
 
@@ -95,6 +95,7 @@ class DwConfig:
     tiled: bool = True  # False: the direct variant (no shared memory; SPARSEC_CUTLASS_DEPTHWISE=direct)
     tw: int = 0  # outputs per thread along W; 0: 4 at stride 1, 2 at stride 2
     occ: int = 0  # blocks per SM the compiler must fit (__launch_bounds__ minimum; caps registers); 0: none
+    rows: bool = False  # the rows variant (2 channels x a column strip sliding down RH rows); needs tiled=False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES or self.k not in KERNEL_SIZES or self.stride not in STRIDES:
@@ -105,11 +106,13 @@ class DwConfig:
                 raise ValueError(f"depthwise kernel: unknown activation {a!r}; known: {', '.join(ACTS)}")
         if self.tw not in (0, *TWS) or self.occ not in (0, *OCCS):
             raise ValueError(f"depthwise kernel: tw {self.tw} / occ {self.occ} not in {TWS} / {OCCS} (or 0)")
+        if self.rows and self.tiled:
+            raise ValueError("depthwise kernel: the rows variant has no shared-memory tile; use tiled=False")
 
     @property
     def name(self) -> str:
         return (f"dw_{self.arch}_{self.dtype}_k{self.k}s{self.stride}_{self.act}_{self.act2}"
-                + ("_res" if self.residual else "") + ("" if self.tiled else "_direct")
+                + ("_res" if self.residual else "") + ("" if self.tiled else "_rows" if self.rows else "_direct")
                 + (f"_tw{self.tw}" if self.tw else "") + (f"_o{self.occ}" if self.occ else ""))
 
     lib_name = name
@@ -124,8 +127,9 @@ class DwConfig:
         m = _NAME.match(name)
         if not m:
             raise ValueError(f"not a depthwise kernel name: {name!r}")
-        arch, dtype, k, s, act, act2, res, direct, tw, occ = m.groups()
-        return cls(arch, dtype, int(k), int(s), act, act2, bool(res), not direct, int(tw or 0), int(occ or 0))
+        arch, dtype, k, s, act, act2, res, layout, tw, occ = m.groups()
+        return cls(arch, dtype, int(k), int(s), act, act2, bool(res), not layout, int(tw or 0), int(occ or 0),
+                   layout == "_rows")
 
     def to_source(self):
         """This kernel's translation unit, for :mod:`.build` (its cache, parallel nvcc, ``kernels.json``)."""
@@ -148,7 +152,11 @@ def emit(cfg: DwConfig) -> str:
     header = "cuda_fp16.h" if cfg.dtype == "fp16" else "cuda_bf16.h"
     to_f = "__half2float" if cfg.dtype == "fp16" else "__bfloat162float"
     from_f = "__float2half_rn" if cfg.dtype == "fp16" else "__float2bfloat16_rn"
+    t2, to_f2, from_f2 = (("__half2", "__half22float2", "__floats2half2_rn") if cfg.dtype == "fp16" else
+                          ("__nv_bfloat162", "__bfloat1622float2", "__floats2bfloat162_rn"))
     load_res = "unpack(__ldg(reinterpret_cast<const uint4*>(res + off)), r);" if cfg.residual else ""
+    add_res2 = ("const float2 r = {to_f2}(__ldg(reinterpret_cast<const T2*>(res + off)));\n"
+                "      v0 += r.x; v1 += r.y;").format(to_f2=to_f2) if cfg.residual else ""
     add_res = "v += r[e];" if cfg.residual else "(void)r;"
     bounds = f"256, {cfg.occ}" if cfg.occ else "256"
     return f"""\
@@ -161,9 +169,11 @@ def emit(cfg: DwConfig) -> str:
 namespace {{
 constexpr int K = {cfg.k}, S = {cfg.stride}, TW = {cfg.outputs_per_thread}, VEC = {VEC};
 constexpr int COLS = (TW - 1) * S + K;  // input columns one thread's TW outputs read
-constexpr bool TILED = {"true" if cfg.tiled else "false"};
+constexpr bool TILED = {"true" if cfg.tiled else "false"}, ROWS = {"true" if cfg.rows else "false"};
+constexpr int RH = 7;  // rows variant: output rows per thread (7 divides the 7 * 2^k sizes of ImageNet CNNs)
 constexpr int SMEM_BYTES = 48 * 1024;   // the input tile of a block (tiled)
 using T = {t};
+using T2 = {t2};
 
 __device__ __forceinline__ float act1(float v) {{ return {ACT_CODE[cfg.act]}; }}
 __device__ __forceinline__ float act2(float v) {{ return {ACT_CODE[cfg.act2]}; }}
@@ -298,6 +308,91 @@ __global__ void __launch_bounds__({bounds}) dwconv_tiled(const T* __restrict__ x
   }}
 }}
 
+// rows: each thread computes 2 channels (one 4-byte vector) of a strip of TW output columns over RH output
+// rows, walking down the input: each input row is loaded and converted once and feeds every output row that
+// reads it, and all K*K weights of the two channels stay in registers as float32. Everything is unrolled, so
+// an output row's accumulators live only from its first input row to its last, where it is stored.
+// Threads: channel pairs fastest (a warp's loads are contiguous), then strips (tl.two), then row blocks (tl.th).
+__device__ __forceinline__ void store2(float a0, float a1, const float (&bv)[2], const T* __restrict__ res,
+                                       T* __restrict__ y, long off) {{
+  float v0 = act1(a0 + bv[0]), v1 = act1(a1 + bv[1]);
+  {add_res2}
+  *reinterpret_cast<T2*>(y + off) = {from_f2}(act2(v0), act2(v1));
+}}
+
+__global__ void __launch_bounds__({bounds}) dwconv_rows(const T* __restrict__ x, const T* __restrict__ w,
+    const T* __restrict__ bias, const T* __restrict__ res, T* __restrict__ y,
+    int H, int W, int C, int OH, int OW, int ph, int pw, Tile tl) {{
+  const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  const int cp = (int)(idx % tl.cvb);
+  const long r = idx / tl.cvb;
+  const int strip = (int)(r % tl.two), rb = (int)(r / tl.two);
+  if (rb >= tl.th) return;
+  const long n = blockIdx.y;
+  const int c = cp * 2, oh0 = rb * RH, ow0 = strip * TW;
+  const int ih0 = oh0 * S - ph, iw0 = ow0 * S - pw;
+  float wf[K][K][2];
+#pragma unroll
+  for (int i = 0; i < K; ++i)
+#pragma unroll
+    for (int j = 0; j < K; ++j) {{
+      const float2 f = {to_f2}(__ldg(reinterpret_cast<const T2*>(w + (long)(i * K + j) * C + c)));
+      wf[i][j][0] = f.x; wf[i][j][1] = f.y;
+    }}
+  float bv[2] = {{0.f, 0.f}};
+  if (bias != nullptr) {{
+    const float2 f = {to_f2}(__ldg(reinterpret_cast<const T2*>(bias + c)));
+    bv[0] = f.x; bv[1] = f.y;
+  }}
+  float acc[RH][TW][2];
+#pragma unroll
+  for (int o = 0; o < RH; ++o)
+#pragma unroll
+    for (int t = 0; t < TW; ++t) acc[o][t][0] = acc[o][t][1] = 0.f;
+  // the next input row is loaded (raw) while the current one is computed: a row's FMAs hide the next one's latency
+  const T2 zero = {from_f2}(0.f, 0.f);
+  T2 raw[COLS];
+  auto load_row = [&](int rr) {{
+    const int ih = ih0 + rr;
+    const bool row_in = ih >= 0 && ih < H;
+    const T2* px = reinterpret_cast<const T2*>(x + ((n * H + ih) * (long)W + iw0) * C + c);
+#pragma unroll
+    for (int q = 0; q < COLS; ++q) {{
+      const int iw = iw0 + q;
+      raw[q] = (row_in && iw >= 0 && iw < W) ? __ldg(px + (long)q * (C / 2)) : zero;
+    }}
+  }};
+  constexpr int ROWS_IN = (RH - 1) * S + K;
+  load_row(0);
+#pragma unroll
+  for (int rr = 0; rr < ROWS_IN; ++rr) {{
+    float v[COLS][2];
+#pragma unroll
+    for (int q = 0; q < COLS; ++q) {{
+      const float2 f = {to_f2}(raw[q]);
+      v[q][0] = f.x; v[q][1] = f.y;
+    }}
+    if (rr + 1 < ROWS_IN) load_row(rr + 1);
+#pragma unroll
+    for (int o = 0; o < RH; ++o) {{
+      const int i = rr - o * S;  // the kernel row this input row is for output row o (known at compile time)
+      if (i < 0 || i >= K) continue;
+#pragma unroll
+      for (int t = 0; t < TW; ++t)
+#pragma unroll
+        for (int j = 0; j < K; ++j) {{
+          acc[o][t][0] = fmaf(v[t * S + j][0], wf[i][j][0], acc[o][t][0]);
+          acc[o][t][1] = fmaf(v[t * S + j][1], wf[i][j][1], acc[o][t][1]);
+        }}
+      if (i == K - 1 && oh0 + o < OH) {{  // output row o is complete
+#pragma unroll
+        for (int t = 0; t < TW; ++t)
+          if (ow0 + t < OW) store2(acc[o][t][0], acc[o][t][1], bv, res, y, ((n * OH + oh0 + o) * (long)OW + ow0 + t) * C + c);
+      }}
+    }}
+  }}
+}}
+
 int largest_divisor(int cv, int hi, int lo) {{  // of cv in [lo, hi], else hi (some idle threads)
   if (cv <= hi) return cv;
   for (int d = hi; d >= lo; --d) if (cv % d == 0) return d;
@@ -314,6 +409,17 @@ extern "C" int {cfg.symbol}(const void* x, const void* w, const void* bias, cons
   Tile tl;
   size_t smem = 0;
   int threads;
+  if (ROWS) {{
+    tl.cvb = C / 2;                      // channel pairs
+    tl.two = strips;                     // strips of TW columns
+    tl.th = (OH + RH - 1) / RH;          // blocks of RH rows
+    const long items = (long)tl.cvb * tl.two * tl.th;
+    if ((items + 255) / 256 > 0x7fffffffL) return 1;
+    dim3 grid((unsigned)((items + 255) / 256), N);
+    dwconv_rows<<<grid, 256, 0, stream>>>(static_cast<const T*>(x), static_cast<const T*>(w),
+        static_cast<const T*>(bias), static_cast<const T*>(res), static_cast<T*>(y), H, W, C, OH, OW, ph, pw, tl);
+    return cudaGetLastError() == cudaSuccess ? 0 : 4;
+  }}
   if (TILED) {{
     // output tile: up to 8 rows x 4 strips; channel vectors: as many as the shared-memory budget holds
     tl.th = OH < 8 ? OH : 8;
@@ -380,12 +486,13 @@ def variant(arch: str, k: int, stride: int, mode: str = "auto") -> dict:
     ``SPARSEC_CUTLASS_DEPTHWISE`` = ``mode``: ``tiled`` or ``direct`` as asked; ``auto`` the tuning table's
     choice for (k, stride), else tiled for 5x5 and up and direct for 3x3 (the winners of the first
     measurement, ``benchmarks/results/dwconv_h100.json``)."""
-    if mode in ("tiled", "direct"):
-        return {"tiled": mode == "tiled", "tw": 0, "occ": 0}
+    if mode in ("tiled", "direct", "rows"):
+        return {"tiled": mode == "tiled", "tw": 0, "occ": 0, "rows": mode == "rows"}
     got = tuning_table(arch).get(f"k{k}s{stride}")
     if got:
-        return {"tiled": bool(got["tiled"]), "tw": int(got.get("tw", 0)), "occ": int(got.get("occ", 0))}
-    return {"tiled": k >= 5, "tw": 0, "occ": 0}
+        return {"tiled": bool(got["tiled"]), "tw": int(got.get("tw", 0)), "occ": int(got.get("occ", 0)),
+                "rows": bool(got.get("rows", False))}
+    return {"tiled": k >= 5, "tw": 0, "occ": 0, "rows": False}
 
 
 # ---------------------------------------------------------------- loading and running

@@ -173,8 +173,8 @@ def _depthwise_plan(x, w, wv, bias, res, act, act2, stride, padding, dilation) -
     s = _pair(stride)
     why = None
     mode = knobs.get("cutlass_depthwise")
-    if mode not in ("auto", "tiled", "direct", "none"):
-        raise UsageError(f"SPARSEC_CUTLASS_DEPTHWISE={mode!r}", expected="auto, tiled, direct or none")
+    if mode not in ("auto", "tiled", "direct", "rows", "none"):
+        raise UsageError(f"SPARSEC_CUTLASS_DEPTHWISE={mode!r}", expected="auto, tiled, direct, rows or none")
     if mode == "none":
         return Unsupported("depthwise conv: stays cuDNN (SPARSEC_CUTLASS_DEPTHWISE=none)")
     if kh != kw or kh not in D.KERNEL_SIZES:

@@ -10,6 +10,16 @@ registers it for its device key on the same op, e.g.
 ``torch.library.register_kernel("sparsec::fused_conv2d", "cuda", fn)``; the
 graph does not change.
 
+On CUDA, ``fused_conv2d`` has one such kernel here (:func:`fused_conv2d_cuda`): a conv whose epilogue is
+bias + ReLU, with or without a residual add before the ReLU, runs as one cuDNN call
+(``aten.cudnn_convolution_relu`` / ``aten.cudnn_convolution_add_relu``, cuDNN's fused conv-bias-add-act
+graph) instead of cuDNN's conv followed by PyTorch's bias add, add and ReLU, each a full pass over the
+output. That is every conv a GPU backend leaves to cuDNN in a ResNet (the 7x7 stem, and the 3x3 convs
+under ``SPARSEC_CUTLASS_KXK=none``). It rounds once, after the epilogue, where the reference rounds
+after the conv and after each add: equal within the dtype's tolerance, not bit for bit.
+``SPARSEC_CUDNN_FUSED=0`` runs the reference instead. Where cuDNN has no fused engine for a shape,
+PyTorch itself falls back to the separate kernels.
+
 Semantics (the contract a backend kernel must meet)::
 
     fused_conv2d(x, w, bias, residual, stride, padding, dilation, groups, act, act2)
@@ -157,6 +167,35 @@ def squeeze_excite_ref(x, w1, b1, w2, b2, act="none", gate="sigmoid", squeeze="p
     return aten.mul.Tensor(s, x)
 
 
+def _cudnn_fusable(x, residual, act: str, act2: str) -> str | None:
+    """Which of cuDNN's fused convs computes this epilogue: ``"relu"``, ``"add_relu"``, or None."""
+    from sparsec import knobs
+
+    if not (x.is_cuda and x.dim() == 4 and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            and torch.backends.cudnn.enabled and torch.backends.cudnn.is_available() and knobs.get("cudnn_fused")):
+        return None
+    if residual is None:
+        return "relu" if {act, act2} == {"relu", "none"} or act == act2 == "relu" else None
+    return "add_relu" if act == "none" and act2 == "relu" and residual.dtype == x.dtype else None
+
+
+def fused_conv2d_cuda(x, weight, bias=None, residual=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                      groups=1, act="none", act2="none"):
+    """CUDA kernel of ``fused_conv2d``: bias + ReLU (after a residual add or not) fused into one cuDNN
+    call where that is the whole epilogue; any other epilogue runs the reference."""
+    how = _cudnn_fusable(x, residual, act, act2)
+    if how is None:
+        return fused_conv2d_ref(x, weight, bias, residual, stride, padding, dilation, groups, act, act2)
+    args = (list(stride), list(padding), list(dilation), groups)
+    if how == "relu":
+        return aten.cudnn_convolution_relu.default(x, weight, bias, *args)
+    out = (x.shape[0], weight.shape[0], *((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+                                          zip(x.shape[2:], padding, dilation, weight.shape[2:], stride)))
+    if tuple(residual.shape) != out:  # the reference's check, before cuDNN's less clear one
+        raise ValueError(f"sparsec fused op: residual shape {tuple(residual.shape)} != output {out}")
+    return aten.cudnn_convolution_add_relu.default(x, weight, residual, 1.0, bias, *args)
+
+
 def _autograd(ref):
     """Backward by recomputing the reference under autograd: what the unfused graph would give."""
 
@@ -181,6 +220,8 @@ for _name, _fn in (("fused_conv2d", fused_conv2d_ref), ("fused_linear", fused_li
     torch.library.register_fake(f"{NAMESPACE}::{_name}", _fn, lib=_lib)
     _backward, _setup = _autograd(_fn)
     torch.library.register_autograd(f"{NAMESPACE}::{_name}", _backward, setup_context=_setup, lib=_lib)
+
+_lib.impl("fused_conv2d", fused_conv2d_cuda, "CUDA")
 
 fused_conv2d = torch.ops.sparsec.fused_conv2d.default
 fused_linear = torch.ops.sparsec.fused_linear.default

@@ -24,9 +24,12 @@ def test_names_round_trip_for_every_epilogue():
     for act, act2, res, tiled in itertools.product(D.ACTS, D.ACTS, (False, True), (False, True)):
         cfg = D.DwConfig("sm_90a", "bf16", 5, 2, act, act2, res, tiled)
         assert D.DwConfig.from_name(cfg.name) == cfg and D.is_name(cfg.name)
-    for tw, occ in itertools.product((0, *D.TWS), (0, *D.OCCS)):
-        cfg = D.DwConfig("sm_80", "fp16", 3, 1, "gelu_tanh", "none", True, False, tw, occ)
+    for tw, occ, rows in itertools.product((0, *D.TWS), (0, *D.OCCS), (False, True)):
+        cfg = D.DwConfig("sm_80", "fp16", 3, 1, "gelu_tanh", "none", True, False, tw, occ, rows)
         assert D.DwConfig.from_name(cfg.name) == cfg
+    assert D.DwConfig("sm_90a", "fp16", 5, 1, rows=True, tiled=False).name == "dw_sm_90a_fp16_k5s1_none_none_rows"
+    with pytest.raises(ValueError, match="rows variant has no shared-memory tile"):
+        D.DwConfig("sm_90a", "fp16", 3, 1, rows=True)
     with pytest.raises(ValueError, match="unknown activation"):
         D.DwConfig("sm_90a", "fp16", 3, 1, "tanh")
     with pytest.raises(ValueError, match="not in"):
@@ -64,15 +67,17 @@ def test_depthwise_plan_takes_the_kernel_shapes_and_the_knob_picks_the_variant(t
     with knobs.scope(cache_dir=tmp_path):
         assert D.variant("sm_80", 5, 2)["tiled"] and not D.variant("sm_80", 3, 1)["tiled"]  # no table: by filter size
         shipped = json.loads((Path(D.__file__).parent / "tuned" / "dw_sm_90a.json").read_text())["choices"]["k3s1"]
-        assert D.variant("sm_90a", 3, 1) == {k: shipped[k] for k in ("tiled", "tw", "occ")}
+        assert D.variant("sm_90a", 3, 1) == {"rows": False, **{k: shipped[k] for k in ("tiled", "tw", "occ", "rows")
+                                                                if k in shipped}}
         (tmp_path / "tuning").mkdir()
         (tmp_path / "tuning" / "dw_sm_90a.json").write_text(json.dumps(
             {"schema": D.TUNING_SCHEMA, "choices": {"k3s1": {"tiled": True, "tw": 8, "occ": 2}}}))
-        assert D.variant("sm_90a", 3, 1) == {"tiled": True, "tw": 8, "occ": 2}  # the measured table wins
-        assert D.variant("sm_90a", 3, 1, "direct") == {"tiled": False, "tw": 0, "occ": 0}
+        assert D.variant("sm_90a", 3, 1) == {"tiled": True, "tw": 8, "occ": 2, "rows": False}  # the table wins
+        assert D.variant("sm_90a", 3, 1, "direct") == {"tiled": False, "tw": 0, "occ": 0, "rows": False}
+        assert D.variant("sm_90a", 3, 1, "rows") == {"tiled": False, "tw": 0, "occ": 0, "rows": True}
     with knobs.scope(cutlass_depthwise="none"):
         assert "SPARSEC_CUTLASS_DEPTHWISE=none" in _conv_plan(kernel_size=3, padding=1).reason
-    with knobs.scope(cutlass_depthwise="fast"), pytest.raises(UsageError, match="auto, tiled, direct or none"):
+    with knobs.scope(cutlass_depthwise="fast"), pytest.raises(UsageError, match="auto, tiled, direct, rows or none"):
         _conv_plan(kernel_size=3, padding=1)
 
 
@@ -172,19 +177,23 @@ def _f64_reference(x, w, bias, res, k, stride, pad, act, act2):
     return ACTIVATIONS[act2](y).permute(0, 2, 3, 1)
 
 
-VARIANTS = [(True, 0, 0), (False, 0, 0), (True, 8, 2), (False, 1, 3), (True, 2, 4)]
+VARIANTS = [(True, 0, 0, False), (False, 0, 0, False), (True, 8, 2, False), (False, 1, 3, False), (True, 2, 4, False),
+            (False, 0, 0, True), (False, 2, 2, True), (False, 8, 0, True)]  # (tiled, tw, occ, rows)
 
 
 @pytest.fixture(scope="module")
-def built():
-    """Every kernel the GPU cases run, built at once (parallel nvcc) rather than one per test."""
+def built(request):
+    """Every kernel the selected GPU cases run, built at once (parallel nvcc) rather than one per test."""
     arch = _gpu()
-    D.preload([D.DwConfig(arch, c[0], c[1], c[2], c[3], c[4], c[5], *v) for c in CASES for v in VARIANTS])
+    wanted = {(it.callspec.params["case"], it.callspec.params["variant"]) for it in request.session.items
+              if getattr(it, "originalname", "") == "test_kernel_matches_float64_on_the_gpu"}
+    D.preload([D.DwConfig(arch, c[0], c[1], c[2], c[3], c[4], c[5], *v) for c, v in wanted])
     return arch
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{'tiled' if v[0] else 'direct'}-tw{v[1]}-o{v[2]}")
+@pytest.mark.parametrize("variant", VARIANTS,
+                         ids=lambda v: f"{'tiled' if v[0] else 'rows' if v[3] else 'direct'}-tw{v[1]}-o{v[2]}")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c[:6] + c[-3:])))
 def test_kernel_matches_float64_on_the_gpu(case, variant, built):
     from sparsec.backends.cutlass.runtime import poisoned_outputs

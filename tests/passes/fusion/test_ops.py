@@ -132,3 +132,64 @@ def test_gradients_match_the_unfused_ops(op):
     for g, want in zip(*grads):
         assert g is not None and g.shape == want.shape
         torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_conv2d_has_a_cuda_kernel_and_cpu_keeps_the_reference():
+    """The CUDA key has its own kernel (cuDNN's fused conv where it applies); other devices run the reference."""
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("sparsec::fused_conv2d", "CUDA")
+    x, w = torch.randn(1, 2, 4, 4), torch.randn(2, 2, 1, 1)
+    assert F._cudnn_fusable(x, None, "relu", "none") is None  # a CPU tensor: never cuDNN
+
+
+# (act, act2, residual) -> what cuDNN's fused convs take: relu alone, or the residual add then relu
+CUDNN_CASES = [("relu", "none", False, "relu"), ("none", "relu", False, "relu"), ("relu", "relu", False, "relu"),
+               ("none", "relu", True, "add_relu"), ("relu", "relu", True, None), ("silu", "none", False, None),
+               ("none", "none", False, None), ("relu", "none", True, None)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("act,act2,res,how", CUDNN_CASES)
+def test_fused_conv2d_on_cuda_matches_the_reference(act, act2, res, how, dtype):
+    """Fresh random fp16/bf16 NHWC data (a ResNet 3x3 conv, and a 7x7 stride-2 stem): the CUDA kernel is within
+    the dtype's tolerance of a float64 reference, keeps the reference's layout, and where cuDNN's fused conv
+    applies, launches no separate add or ReLU kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+    for cin, cout, k, s, hw in ((64, 64, 3, 1, 28), (3, 64, 7, 2, 56)):
+        x = torch.randn(2, cin, hw, hw, device="cuda", generator=g).to(dtype).to(memory_format=torch.channels_last)
+        w = (torch.randn(cout, cin, k, k, device="cuda", generator=g) / (cin * k * k) ** 0.5).to(dtype)
+        w = w.to(memory_format=torch.channels_last)
+        b = torch.randn(cout, device="cuda", generator=g).to(dtype)
+        args = ([s, s], [k // 2, k // 2], [1, 1], 1, act, act2)
+        ho = (hw + 2 * (k // 2) - k) // s + 1
+        r = torch.randn(2, cout, ho, ho, device="cuda", generator=g).to(dtype).to(memory_format=torch.channels_last)
+        r = r if res else None
+        assert F._cudnn_fusable(x, r, act, act2) == how
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            y = torch.ops.sparsec.fused_conv2d(x, w, b, r, *args)
+            torch.cuda.synchronize()
+        ref = F.fused_conv2d_ref(x.double(), w.double(), b.double(), None if r is None else r.double(), *args)
+        assert y.dtype == dtype and y.shape == ref.shape
+        assert y.stride() == F.fused_conv2d_ref(x, w, b, r, *args).stride()
+        rel = ((y.double() - ref).norm() / ref.norm()).item()
+        assert rel <= (1e-2 if dtype == torch.float16 else 2e-2), rel
+        kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        elementwise = [n for n in kernels if "elementwise" in n.lower() and ("add" in n.lower() or "clamp" in n.lower()
+                                                                               or "relu" in n.lower())]
+        if how is not None:
+            assert not elementwise, kernels  # cuDNN computed the epilogue
+
+
+@pytest.mark.gpu
+def test_the_knob_turns_cudnn_fusion_off():
+    from sparsec import knobs
+
+    g = torch.Generator(device="cuda").manual_seed(6)
+    x = torch.randn(2, 16, 8, 8, device="cuda", generator=g).half()
+    w, b = torch.randn(16, 16, 3, 3, device="cuda", generator=g).half(), torch.randn(16, device="cuda", generator=g).half()
+    with knobs.scope(cudnn_fused=False):
+        assert F._cudnn_fusable(x, None, "relu", "none") is None
+        y = torch.ops.sparsec.fused_conv2d(x, w, b, None, [1, 1], [1, 1], [1, 1], 1, "relu", "none")
+    assert torch.equal(y, F.fused_conv2d_ref(x, w, b, None, [1, 1], [1, 1], [1, 1], 1, "relu", "none"))
