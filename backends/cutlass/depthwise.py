@@ -22,20 +22,25 @@ Layout and contract (what :func:`dwconv2d` takes)::
 the stride 1 or 2, the dilation 1: the lowering (:mod:`.lowering`) keeps every other depthwise conv
 in PyTorch and says why. Each thread computes 8 channels of ``TW`` neighbouring output pixels of one
 row (``TW`` = 4 at stride 1, 2 at stride 2), so the input columns they share are loaded once into
-registers. Two variants (``SPARSEC_CUTLASS_DEPTHWISE``): ``tiled`` copies each block's input tile
+registers. Three layouts (``SPARSEC_CUTLASS_DEPTHWISE``): ``tiled`` copies each block's input tile
 (8 output rows x 4 strips, halo included, as many channel vectors as 48 KB hold) into shared memory
 with coalesced loads first; ``direct`` reads every tap from global memory and leaves the halo
-re-reads to L1/L2. Each also has an outputs-per-thread count (``tw``) and a blocks-per-SM bound
-(``occ``, which caps registers: the default build of a 3x3 kernel takes ~90-110 registers, two
-blocks of 256 threads per SM). ``auto`` (the default) takes the variant of the measured table
-(:func:`variant`), else direct for 3x3 and tiled for 5x5 and up. ``benchmarks/dwconv.py`` times
-them against cuDNN per layer; ``--sweep --write-table`` writes the table.
+re-reads to L1/L2; ``rows`` gives each thread 2 channels (one 4-byte vector) of a strip of ``tw``
+output columns and walks it down 7 output rows: each input row is loaded once, the next one while
+the current one is computed, converted to float32 once, and feeds every output row that reads it,
+with all ``k*k`` weights of the two channels in registers (the other layouts convert every weight
+and input again for each strip of outputs). Each also has an outputs-per-thread count (``tw``) and a
+blocks-per-SM bound (``occ``, which caps registers). ``auto`` (the default) takes the variant of the
+measured table (:func:`variant`), else direct for 3x3 and tiled for 5x5 and up.
+``benchmarks/dwconv.py`` times them against cuDNN per layer; ``--variants sweep|rows --write-table``
+writes the table.
 
-Where it stands (``benchmarks/results/dwconv_h100.json``, fp16 bs256, the shipped table's variants):
-2.07 ms over MobileNetV2's 17 layers and 2.91 ms over EfficientNet-B0's 16, against 3.84 and 4.15 ms
-for cuDNN's conv followed by PyTorch's bias add and activation, but 1.37 and 1.63 ms for cuDNN's conv
-alone: on the large layers the kernel moves 1.0-1.9 TB/s of the H100's ~3 TB/s. Not tried yet: half2
-arithmetic, overlapping the tile load with compute (cp.async), more rows per thread.
+Where it stands (``benchmarks/results/dwconv_h100.json``, fp16 bs256, the shipped table's variants,
+``rows`` for every filter size and stride): 1.53 ms over MobileNetV2's 17 layers and 2.37 ms over
+EfficientNet-B0's 16 (2.07 and 2.91 ms with the tiled/direct table before), against 3.89 and 4.20 ms
+for cuDNN's conv followed by PyTorch's bias add and activation, and 1.39 and 1.68 ms for cuDNN's
+conv alone. Not tried yet: half2 arithmetic (fp16 products would risk overflow on BN-folded
+weights), shared-memory staging with cp.async for the rows layout.
 
 One library per :class:`DwConfig` (arch, dtype, k, stride, act, act2, residual, variant): a model needs a
 handful (MobileNetV2: 2, EfficientNet-B0: 4). They build in seconds through the backend's kernel
