@@ -103,6 +103,12 @@ class CutlassBackend(Backend):
 
     # -- what it takes --------------------------------------------------------------------
     def support(self, node: fx.Node) -> Supported | Unsupported:
+        """:meth:`kernel_support`; where a fused conv stays in PyTorch, also whether cuDNN's fused conv runs
+        its epilogue."""
+        return _cudnn_route(node, self.kernel_support(node))
+
+    def kernel_support(self, node: fx.Node) -> Supported | Unsupported:
+        """Whether sparsec's kernels take ``node`` (what the ``tvm`` backend's GPU targets reuse)."""
         from sparsec.backends.cutlass import lowering
         from sparsec.backends.cutlass_support import CutlassSupport
 
@@ -210,6 +216,22 @@ class CutlassBackend(Backend):
                                 actual=f"{type(exc).__name__}: {exc}",
                                 fix=f"compile it again with this torch ({torch.__version__})") from exc
         return ep.module().to("cuda")
+
+
+def _cudnn_route(node: fx.Node, verdict):
+    """A fused conv this backend leaves to PyTorch: say where cuDNN's fused conv takes its epilogue too."""
+    from sparsec.passes.fusion import ops as F
+
+    if verdict or node.op != "call_function" or node.target is not F.fused_conv2d:
+        return verdict
+    from sparsec.ir import ops
+
+    a = ops.args_of(node)
+    how = F.cudnn_epilogue(a["act"], a["act2"], a["residual"] is not None)
+    if how is None:
+        return verdict
+    what = "bias + ReLU" if how == "relu" else "bias, residual add + ReLU"
+    return Unsupported(f"{verdict.reason}; its {what} run inside the cuDNN call (SPARSEC_CUDNN_FUSED=0: separately)")
 
 
 def _kernel_ops():

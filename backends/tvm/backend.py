@@ -230,7 +230,7 @@ def lower_gemms(mod, target: Target):
 
     cutlass = CutlassBackend()
     for node in mod.graph.nodes:  # GEMMs only: the depthwise kernels are not packed functions of the TVM VM
-        if node.op == "call_function" and cutlass.support(node) and isinstance(lowering.plan(node), lowering.GemmPlan):
+        if node.op == "call_function" and cutlass.kernel_support(node) and isinstance(lowering.plan(node), lowering.GemmPlan):
             M.put(node, M.BackendAssignment(cutlass.name))
     return cutlass.lower(mod, target)
 
@@ -242,7 +242,7 @@ def _gpu_route(node: fx.Node) -> Supported | None:
     from sparsec.ir import ops
     from sparsec.passes.fusion import ops as F
 
-    verdict = CutlassBackend().support(node)
+    verdict = CutlassBackend().kernel_support(node)  # its cuDNN notes are the cutlass backend's route, not this one's
     p = lowering.plan(node) if verdict else None
     if isinstance(p, lowering.GemmPlan):
         return Supported(f"cutlass: sparsec.gemm24/gemm_dense kernel ({p.kind}), relax.call_dps_packed")

@@ -167,16 +167,24 @@ def squeeze_excite_ref(x, w1, b1, w2, b2, act="none", gate="sigmoid", squeeze="p
     return aten.mul.Tensor(s, x)
 
 
+def cudnn_epilogue(act: str, act2: str, residual: bool) -> str | None:
+    """Which of cuDNN's fused convs computes ``act2(act(conv + bias) + residual)``: ``"relu"`` (no residual,
+    one ReLU), ``"add_relu"`` (the residual add, then a ReLU), or None."""
+    if not residual:
+        return "relu" if {act, act2} == {"relu", "none"} or act == act2 == "relu" else None
+    return "add_relu" if act == "none" and act2 == "relu" else None
+
+
 def _cudnn_fusable(x, residual, act: str, act2: str) -> str | None:
-    """Which of cuDNN's fused convs computes this epilogue: ``"relu"``, ``"add_relu"``, or None."""
+    """:func:`cudnn_epilogue` where this call can take it: a 4-D CUDA tensor cuDNN takes, the knob on."""
     from sparsec import knobs
 
     if not (x.is_cuda and x.dim() == 4 and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
             and torch.backends.cudnn.enabled and torch.backends.cudnn.is_available() and knobs.get("cudnn_fused")):
         return None
-    if residual is None:
-        return "relu" if {act, act2} == {"relu", "none"} or act == act2 == "relu" else None
-    return "add_relu" if act == "none" and act2 == "relu" and residual.dtype == x.dtype else None
+    if residual is not None and residual.dtype != x.dtype:
+        return None
+    return cudnn_epilogue(act, act2, residual is not None)
 
 
 def fused_conv2d_cuda(x, weight, bias=None, residual=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),

@@ -151,6 +151,9 @@ def test_support_narrows_the_declared_table():
     text = {k: str(v) for k, v in verdicts.items()}
     assert any(t.startswith("yes (cutlass: depthwise conv, dense direct kernel") for t in text.values())
     assert any(t.startswith("no: kxk conv: stays cuDNN (SPARSEC_CUTLASS_KXK=none") for t in text.values())  # default
+    # c1 (+ folded BN + ReLU) stays cuDNN, its epilogue inside the cuDNN call; c3 (hardswish) has no fused cuDNN route
+    assert text["fused_conv2d_1"].endswith("its bias + ReLU run inside the cuDNN call (SPARSEC_CUDNN_FUSED=0: separately)")
+    assert "cuDNN call" not in text["fused_conv2d_4"], text
     from sparsec import knobs
 
     with knobs.scope(cutlass_kxk="sparse"):
