@@ -97,7 +97,7 @@ class DwConfig:
     act: str = "none"
     act2: str = "none"
     residual: bool = False
-    tiled: bool = True  # False: the direct variant (no shared memory; SPARSEC_CUTLASS_DEPTHWISE=direct)
+    tiled: bool = True  # False: the direct (or, with rows, the rows) layout: no shared memory
     tw: int = 0  # outputs per thread along W; 0: 4 at stride 1, 2 at stride 2
     occ: int = 0  # blocks per SM the compiler must fit (__launch_bounds__ minimum; caps registers); 0: none
     rows: bool = False  # the rows variant (2 channels x a column strip sliding down RH rows); needs tiled=False
@@ -487,10 +487,10 @@ def tuning_table(arch: str) -> dict:
 
 
 def variant(arch: str, k: int, stride: int, mode: str = "auto") -> dict:
-    """``tiled``/``tw``/``occ`` of the kernel for a ``k``x``k`` stride-``stride`` layer under
-    ``SPARSEC_CUTLASS_DEPTHWISE`` = ``mode``: ``tiled`` or ``direct`` as asked; ``auto`` the tuning table's
-    choice for (k, stride), else tiled for 5x5 and up and direct for 3x3 (the winners of the first
-    measurement, ``benchmarks/results/dwconv_h100.json``)."""
+    """``tiled``/``tw``/``occ``/``rows`` of the kernel for a ``k``x``k`` stride-``stride`` layer under
+    ``SPARSEC_CUTLASS_DEPTHWISE`` = ``mode``: ``tiled``, ``direct`` or ``rows`` as asked; ``auto`` the tuning
+    table's choice for (k, stride), else tiled for 5x5 and up and direct for 3x3 (the winners of the first
+    measurement, before the rows layout; the shipped sm_90a table picks rows everywhere)."""
     if mode in ("tiled", "direct", "rows"):
         return {"tiled": mode == "tiled", "tw": 0, "occ": 0, "rows": mode == "rows"}
     got = tuning_table(arch).get(f"k{k}s{stride}")
