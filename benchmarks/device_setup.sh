@@ -11,6 +11,11 @@ mkdir -p "$OUT" /tmp/cutlass "$SPARSEC_CACHE_DIR"
 for k in .devcache/kcache*.tar.xz; do [ -f "$k" ] && tar xJf "$k" -C "$SPARSEC_CACHE_DIR"; done
 rm -rf /tmp/site; pip install -q --no-deps --no-build-isolation --target /tmp/site . >/dev/null 2>&1 || echo "pip install failed"
 export PYTHONPATH=/tmp/site PYTHONSAFEPATH=1 PYTHONUNBUFFERED=1 SPARSEC_CUTLASS_DIR=/tmp/cutlass/source
+measured_pipeline() {  # measured_pipeline RATIO: h100-sparse's pipeline, pruned at RATIO, 2:4 by the tuning DB
+  python3 -c "import sys; from sparsec.api import resolve_target as t, resolve_backend as b
+from sparsec.backends.bench import sparsec_pipeline as p; g = t('h100-sparse')
+print(p(b(g).pipeline(g), prune_ratio=float(sys.argv[1]), cost_model='measured'))" "$1"
+}
 pack_kernels() {  # pack_kernels DEST.tar.xz: the kernels built so far, to carry in .devcache/ next time
   (cd "$SPARSEC_CACHE_DIR" && XZ_OPT=-T0 timeout 60 tar cJf "$1" --exclude='*.lock' --exclude='build.log' kernels) \
     && ls -la "$1"

@@ -127,9 +127,7 @@ case $MODE in
     # nets' pruned variants with the measured cost model reading it (-> _mobile-measured)
     cp backends/cutlass/tuned/sm_90a.json "$OUT/sm_90a.json"
     for mr in ${TUNE_MODELS:-mobilenet_v2=0.32 efficientnet_b0=0.32 resnet50=0.5}; do
-      pipe=$(python3 -c "import sys; from sparsec.api import resolve_target as t, resolve_backend as b
-from sparsec.backends.bench import sparsec_pipeline as p; g = t('h100-sparse')
-print(p(b(g).pipeline(g), prune_ratio=float(sys.argv[1]), cost_model='measured'))" "${mr#*=}")
+      pipe=$(measured_pipeline "${mr#*=}")
       echo "=== tune ${mr%=*} $(date -u +%T) (${pipe})" | tee -a "$LOG"
       COLUMNS=200 timeout $(( $(left) - 200 )) python3 -m sparsec.cli.main tune --model "zoo:torchvision/${mr%=*}" \
         --input-shape 256,3,224,224 --pipeline "$pipe" -o "$OUT/sm_90a.json" 2>&1 | grep -v DEBUG | tee -a "$LOG" \

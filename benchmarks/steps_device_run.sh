@@ -57,9 +57,7 @@ for s in ${STEPS:-tests profile}; do
     tune)
       step tune
       cp backends/cutlass/tuned/sm_90a.json "$OUT/sm_90a.json"
-      pipe=$(python3 -c "from sparsec.api import resolve_target as t, resolve_backend as b
-from sparsec.backends.bench import sparsec_pipeline as p; g = t('h100-sparse')
-print(p(b(g).pipeline(g), prune_ratio=0.5, cost_model='measured'))")
+      pipe=$(measured_pipeline 0.5)
       COLUMNS=200 timeout $(( $(left) - 60 )) python3 -m sparsec.cli.main tune --model zoo:torchvision/resnet50 \
         --input-shape 1,3,224,224 --pipeline "$pipe" -o "$OUT/sm_90a.json" 2>&1 | quiet | grep -E "^\[|wrote|rror" | cut -c1-200
       cp "$OUT/sm_90a.json" "$SPARSEC_CACHE_DIR/tuning/sm_90a.json" ;;

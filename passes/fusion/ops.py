@@ -64,6 +64,8 @@ from __future__ import annotations
 
 import torch
 
+from sparsec import knobs
+
 aten = torch.ops.aten
 
 NAMESPACE = "sparsec"
@@ -177,8 +179,6 @@ def cudnn_epilogue(act: str, act2: str, residual: bool) -> str | None:
 
 def _cudnn_fusable(x, residual, act: str, act2: str) -> str | None:
     """:func:`cudnn_epilogue` where this call can take it: a 4-D CUDA tensor cuDNN takes, the knob on."""
-    from sparsec import knobs
-
     if not (x.is_cuda and x.dim() == 4 and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
             and torch.backends.cudnn.enabled and torch.backends.cudnn.is_available() and knobs.get("cudnn_fused")):
         return None
