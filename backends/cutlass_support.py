@@ -105,7 +105,7 @@ class CutlassSupport:
             epilogue = "identity epilogue"
         else:
             x, w, groups, stride = a["x"], a["weight"], int(a["groups"]), a["stride"]
-            acts = [f"{k}={a[k]}" for k in ("act", "act2") if a[k] != "none"]
+            acts = [f"{k}={a[k]}" for k in ("act", "act2") if a.get(k, "none") != "none"]
             if a.get("residual") is not None:
                 acts.insert(0, "residual")
             epilogue = "fused epilogue" + (f" ({', '.join(acts)})" if acts else "")

@@ -1,5 +1,5 @@
 #!/bin/bash
-# One device call (<= 9 min) made of the steps named in STEPS (in this order), for work between the big runs
+# One device call (<= 9 min) made of the steps named in STEPS (in the order given), for work between the big runs
 # of e2e_device_run.sh:
 #   STEPS="tests dwconv profile tune" bash benchmarks/steps_device_run.sh
 # tests    GPU tests: TESTS (files) filtered by TEST_K (pytest -k);
@@ -9,6 +9,8 @@
 #          -> $OUT/prof_<model>_bs<batch>.json;
 # bench    benchmarks/e2e.py --tag BENCH_TAG $BENCH_ARGS (-> $OUT/e2e_<gpu>_<tag>.json and plots), with the
 #          inductor cache of .devcache/inductor_cache.tar.xz when carried; BENCH2_TAG/BENCH2_ARGS: a second run;
+# convpool benchmarks/conv_pool.py --tiles ${CP_TILES:-chosen} over CP_DTYPES, CP_BATCHES -> $OUT/conv_pool_<gpu>.json,
+#          installed as the shipped conv_pool_sm_90a.json of the later steps' pipelines;
 # tune     `sparsec tune --model` on ResNet-50's pruned 0.5 + 2:4 pipeline (cost-model=measured) at bs1, merged
 #          into a copy of the shipped DB -> $OUT/sm_90a.json (also used by the later steps).
 # Carry .devcache/cutlass.tar.xz and kernel caches as e2e_device_run.sh does. KCACHE_OUT=1 returns built kernels.
@@ -54,6 +56,14 @@ for s in ${STEPS:-tests profile}; do
         timeout --signal=TERM $(( $(left) - 15 )) python3 benchmarks/e2e.py --out-dir "$OUT" --tag "$tag" \
           --inductor-cache-dir /tmp/inductor-cache ${b#*|} 2>&1 | quiet | grep -E " ms \(p90|FAILED|wrote|Error|error:" | cut -c1-230
       done ;;
+    convpool)
+      step convpool
+      timeout $(( $(left) - 30 )) python3 benchmarks/conv_pool.py --dtypes ${CP_DTYPES:-fp16,bf16} --tiles ${CP_TILES:-chosen} \
+        --batches ${CP_BATCHES:-1,2,4,8,16,32,64,128,256} 2>&1 | quiet | grep -E "bs|wrote|rror" | cut -c1-260
+      cp benchmarks/results/conv_pool_*.json "$OUT/" 2>/dev/null
+      for f in benchmarks/results/conv_pool_*.json; do
+        [ -f "$f" ] && cp "$f" /tmp/site/sparsec/backends/cutlass/tuned/conv_pool_sm_90a.json
+      done ;;
     tune)
       step tune
       cp backends/cutlass/tuned/sm_90a.json "$OUT/sm_90a.json"
@@ -61,7 +71,7 @@ for s in ${STEPS:-tests profile}; do
       COLUMNS=200 timeout $(( $(left) - 60 )) python3 -m sparsec.cli.main tune --model zoo:torchvision/resnet50 \
         --input-shape 1,3,224,224 --pipeline "$pipe" -o "$OUT/sm_90a.json" 2>&1 | quiet | grep -E "^\[|wrote|rror" | cut -c1-200
       cp "$OUT/sm_90a.json" "$SPARSEC_CACHE_DIR/tuning/sm_90a.json" ;;
-    *) echo "unknown step '$s' (tests, dwconv, profile, bench, tune)" | tee -a "$LOG" ;;
+    *) echo "unknown step '$s' (tests, dwconv, profile, bench, convpool, tune)" | tee -a "$LOG" ;;
   esac
 done
 [ -n "$KCACHE_OUT" ] && [ -d "$SPARSEC_CACHE_DIR/kernels" ] && pack_kernels "$OUT/kcache_built.tar.xz" | tee -a "$LOG"

@@ -58,6 +58,7 @@ OP_LIBRARIES = (
     "sparsec.backends.cutlass.depthwise",  # sparsec::dwconv2d (CUDA kernel + CPU reference)
     "sparsec.backends.cutlass.squeeze_excite",  # sparsec::squeeze_excite_nhwc (CUDA kernels + CPU reference)
     "sparsec.backends.cutlass.stem",  # sparsec::stem_conv (CUDA kernel + CPU reference)
+    "sparsec.backends.cutlass.conv_pool",  # sparsec::conv_pool_nhwc (CUDA kernel + CPU reference)
 )
 
 

@@ -118,7 +118,7 @@ class CutlassBackend(Backend):
         if not verdict or node.op != "call_function":
             return verdict
         plan = lowering.plan(node)
-        if isinstance(plan, (lowering.DwPlan, lowering.SePlan, lowering.StemPlan)):
+        if isinstance(plan, (lowering.DwPlan, lowering.SePlan, lowering.StemPlan, lowering.ConvPoolPlan)):
             return verdict
         if not isinstance(plan, lowering.GemmPlan):
             return plan
@@ -137,8 +137,10 @@ class CutlassBackend(Backend):
     def pipeline(self, target: Target) -> str:
         sparse = "sparsify-2-4," if target.is_sparse else ""
         dtype = target.dtypes[0]
+        measured = f"conv_pool_{target.arch}.json"  # benchmarks/conv_pool.py's gains, shipped per arch
+        pool = f"{{measurements={measured}}}" if (Path(__file__).parent / "tuned" / measured).is_file() else ""
         return (f"canonicalize,fold-bn,dce,to-channels-last,{sparse}fuse-epilogue,fuse-squeeze-excite,dce,"
-                f"to-dtype{{dtype={dtype}}},partition")
+                f"to-dtype{{dtype={dtype}}},fuse-conv-pool{pool},partition")
 
     # -- lowering -------------------------------------------------------------------------
     def lower(self, mod, target: Target):
@@ -237,17 +239,19 @@ def _cudnn_route(node: fx.Node, verdict):
 def _kernel_ops():
     import torch
 
-    from sparsec.backends.cutlass import depthwise, runtime, squeeze_excite, stem  # noqa: F401 -- define the ops
+    from sparsec.backends.cutlass import conv_pool, depthwise, runtime, squeeze_excite, stem  # noqa: F401 -- the ops
 
     return {torch.ops.sparsec.gemm24.default, torch.ops.sparsec.gemm_dense.default, torch.ops.sparsec.dwconv2d.default,
-            torch.ops.sparsec.squeeze_excite_nhwc.default, torch.ops.sparsec.stem_conv.default}
+            torch.ops.sparsec.squeeze_excite_nhwc.default, torch.ops.sparsec.stem_conv.default,
+            torch.ops.sparsec.conv_pool_nhwc.default}
 
 
 def _hand_written():
     """The families of hand-written kernels (modules with ``is_name``, a config ``from_name``, ``preload``)."""
-    from sparsec.backends.cutlass import depthwise, squeeze_excite, stem
+    from sparsec.backends.cutlass import conv_pool, depthwise, squeeze_excite, stem
 
-    return ((depthwise, depthwise.DwConfig), (squeeze_excite, squeeze_excite.SeConfig), (stem, stem.StemConfig))
+    return ((depthwise, depthwise.DwConfig), (squeeze_excite, squeeze_excite.SeConfig), (stem, stem.StemConfig),
+            (conv_pool, conv_pool.ConvPoolConfig))
 
 
 def _kernel_named(name: str):

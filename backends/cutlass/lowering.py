@@ -109,8 +109,7 @@ def plan(node: fx.Node) -> "GemmPlan | DwPlan | StemPlan | SePlan | Unsupported"
     if t is F.squeeze_excite:
         return _se_plan(node)
     if t is F.conv2d_pool:
-        return Unsupported("conv with a pooling epilogue: the CUTLASS kernels have no pooling epilogue; "
-                           "the fused op runs in PyTorch")
+        return _conv_pool_plan(node)
     if t in ops.MATMUL:
         return Unsupported(f"{ops.op_name(t)}: both operands are activations; the kernels take packed constant weights")
     if not (t in ops.CONV or t is F.fused_conv2d):
@@ -228,6 +227,61 @@ def _stem_plan(x, w, wv, bias, res, act, act2, stride, padding) -> StemPlan | Un
 
 
 @dataclasses.dataclass(frozen=True)
+class ConvPoolPlan:
+    """How a ``sparsec.conv2d_pool`` of few input channels becomes one ``sparsec::conv_pool_nhwc`` call
+    (:mod:`.conv_pool`): the conv on tensor cores, its bias, activation and pooling fused."""
+
+    x: fx.Node
+    weight: fx.Node
+    bias: object
+    act: str
+    k: int
+    stride: int
+    padding: tuple[int, int]
+    pool: str  # conv_pool.POOLS
+    pk: int
+    ps: int
+    pp: int
+    kind: str = "conv-pool"
+
+
+def _conv_pool_plan(node: fx.Node) -> ConvPoolPlan | Unsupported:
+    from sparsec.backends.cutlass import conv_pool as CP
+
+    a = ops.args_of(node)
+    w, wv = a["weight"], _val(a["weight"])
+    if not isinstance(w, fx.Node) or w.op != "get_attr" or wv is None or wv.dim() != 4:
+        return Unsupported("conv+pool with a computed or non-2-D weight: the fused op runs in PyTorch")
+    cout, cin, kh, kw = (int(d) for d in wv.shape)
+    s, pd, d = _pair(a["stride"]), a["padding"], _pair(a["dilation"])
+    pk, ps = _pair(a["kernel_size"]), _pair(a["pool_stride"] or a["kernel_size"])
+    pp, pdil = _pair(a["pool_padding"]), _pair(a["pool_dilation"])
+    why = None
+    if int(a["groups"]) != 1 or cin > CP.MAX_CIN:
+        why = (f"Cin={cin}, groups={a['groups']} (the kernel takes the image: 1 to {CP.MAX_CIN} channels, "
+               "groups 1)")
+    elif not CP.cout_ok(cout):
+        why = f"Cout={cout} (the kernel takes a multiple of 8 up to 64, or 128)"
+    elif kh != kw or kh not in CP.CONV_K or s[0] != s[1] or s[0] not in CP.CONV_S or d != (1, 1) \
+            or isinstance(pd, str):
+        why = f"a {kh}x{kw} conv, stride {list(s)}, dilation {list(d)} (square 1 to 11, stride 1 to 4, dilation 1)"
+    elif pk[0] != pk[1] or ps[0] != ps[1] or pp[0] != pp[1] or pk[0] not in CP.POOL_K or ps[0] not in CP.POOL_S \
+            or pdil != (1, 1) or a["ceil_mode"] or a["divisor_override"] is not None:
+        why = (f"a {list(pk)} pool, stride {list(ps)}, padding {list(pp)}, dilation {list(pdil)}, ceil_mode "
+               f"{a['ceil_mode']}, divisor_override {a['divisor_override']} (square 1 to 4, stride 1 to 4, "
+               "dilation 1, no ceil mode, no divisor override)")
+    pool = a["pool"] if a["pool"] == "max" or a["count_include_pad"] else "avgx"
+    if not why:
+        try:  # the smallest tile: whether the weights and tiles fit shared memory
+            CP.ConvPoolConfig("sm_90a", "fp16", cin, kh, s[0], cout, a["act"], pool, pk[0], ps[0], pp[0], (4, 4))
+        except ValueError as exc:
+            why = str(exc).removeprefix("conv+pool kernel")
+    if why:
+        return Unsupported(f"conv+pool with {why}: the fused op runs in PyTorch (its reference ops)")
+    return ConvPoolPlan(a["x"], w, a["bias"], a["act"], kh, s[0], _pair(pd), pool, pk[0], ps[0], pp[0])
+
+
+@dataclasses.dataclass(frozen=True)
 class SePlan:
     """How a ``sparsec.squeeze_excite`` becomes one ``sparsec::squeeze_excite_nhwc`` call."""
 
@@ -316,6 +370,8 @@ class Lowering:
                 self._lower_se(mod, g, node, p)
             elif isinstance(p, StemPlan) and not self.reference:
                 self._lower_stem(mod, g, node, p)
+            elif isinstance(p, ConvPoolPlan) and not self.reference:
+                self._lower_conv_pool(mod, g, node, p)
         _cancel_permutes(g)
         g.eliminate_dead_code()
         used = {n.target for n in g.nodes if n.op == "get_attr"}
@@ -414,6 +470,31 @@ class Lowering:
                              "n": _tokens(out, conv=True), "k": int(w[0].numel()), "sparse": False,
                              "config": cfg.name, "epilogue_in_pytorch": []})
 
+    def _lower_conv_pool(self, mod, g: fx.Graph, node: fx.Node, p: ConvPoolPlan) -> None:
+        from sparsec.backends.cutlass import conv_pool as CP
+
+        w = mod.get_param(p.weight.target).detach()
+        out = _val(node)
+        dtype = _DTYPE.get(out.dtype)
+        if dtype is None:
+            raise TypeError(f"{node.name}: the kernels take fp16/bf16, got {out.dtype}")
+        cfg = CP.choose_tile(_batch(out), (int(out.shape[2]), int(out.shape[3])),
+                             lambda tile: CP.ConvPoolConfig(self.arch, dtype, int(w.shape[1]), p.k, p.stride,
+                                                            int(w.shape[0]), p.act, p.pool, p.pk, p.ps, p.pp, tile),
+                             sms=_SMS.get(self.arch, 132))
+        x = _skip_layout_copy(p.x)
+        base = mod.fresh_param_name("cpool_" + p.weight.target.replace(".", "_"))
+        with g.inserting_before(node):
+            wk = self._buffer(mod, g, base, CP.pack_weight(w.to(out.dtype), cfg.kp))
+            y = g.call_function(torch.ops.sparsec.conv_pool_nhwc.default, (x, wk, p.bias, list(p.padding), cfg.name))
+            M.put(y, M.BackendAssignment("cutlass"))
+            y = g.call_function(aten.permute.default, (y, [0, 3, 1, 2]))
+        node.replace_all_uses_with(y)
+        g.erase_node(node)
+        self.records.append({"node": node.name, "weight": p.weight.target, "kind": "conv-pool", "m": int(w.shape[0]),
+                             "n": _tokens(out, conv=True), "k": int(w[0].numel()), "sparse": False,
+                             "config": cfg.name, "epilogue_in_pytorch": []})
+
     def _lower_se(self, mod, g: fx.Graph, node: fx.Node, p: SePlan) -> None:
         from sparsec.backends.cutlass.squeeze_excite import SeConfig
 
@@ -480,6 +561,14 @@ def _skip_layout_copy(x: fx.Node) -> fx.Node:
             and set(x.kwargs) <= {"dtype"} and is_cl_clone(x.args[0])):
         x.replace_input_with(x.args[0], x.args[0].args[0])  # cast the image as it is: one pass, not two
     return x
+
+
+_SMS = {"sm_90a": 132, "sm_80": 108}  # the targets' GPUs (H100 SXM, A100): what a tile choice aims to fill
+
+
+def _batch(out: torch.Tensor) -> int:
+    d = out.shape[0]
+    return int(d) if isinstance(d, int) else int(getattr(d, "node", d).hint or 1)
 
 
 def _tokens(out: torch.Tensor, *, conv: bool) -> int:

@@ -248,7 +248,7 @@ def _gpu_route(node: fx.Node) -> Supported | None:
         return Supported(f"cutlass: sparsec.gemm24/gemm_dense kernel ({p.kind}), relax.call_dps_packed")
     if node.target in ops.CONV or node.target in (F.fused_conv2d, F.conv2d_pool):
         epi = "epilogue, pooling" if node.target in (F.fused_conv2d, F.conv2d_pool) else "bias"
-        why = verdict.reason if not verdict else "sparsec's depthwise kernel is not a packed function of the TVM VM"
+        why = verdict.reason if not verdict else f"sparsec's {p.kind} kernel is not a packed function of the TVM VM"
         return Supported(f"cudnn: packed sparsec.conv2d, {epi} TVM-generated; not CUTLASS: {why}")
     return None
 

@@ -144,7 +144,9 @@ class FuseConvPool(Pass):
 
     - ``measurements``: a results JSON written by ``benchmarks/conv_pool.py``
       (records with ``key`` and ``gain``); a site fuses when its record's
-      gain >= ``min-gain``.
+      gain >= ``min-gain``. A bare file name that is not a file here names
+      one sparsec ships (``backends/cutlass/tuned/conv_pool_sm_90a.json``:
+      what the ``h100`` targets' pipelines give).
     - ``min-gain``: the least measured speed-up (unfused / fused time) worth
       fusing for; default 1.05.
     - ``force``: fuse every site the rules accept, measured or not.
@@ -171,7 +173,7 @@ class FuseConvPool(Pass):
         if not self.min_gain > 0:
             raise PipelineError(f"option 'min-gain' of pass '{self.name}' must be positive",
                                 expected="a speed-up ratio such as 1.05", actual=repr(self.min_gain))
-        if self.measurements is not None and not Path(self.measurements).is_file():
+        if self.measurements is not None and not measurements_path(self.measurements).is_file():
             raise PipelineError(f"option 'measurements' of pass '{self.name}' names no file",
                                 actual=self.measurements,
                                 fix="run benchmarks/conv_pool.py on the GPU and pass the JSON it writes")
@@ -214,7 +216,7 @@ class FuseConvPool(Pass):
         if self.measurements is None:
             return None, None
         try:
-            doc = json.loads(Path(self.measurements).read_text())
+            doc = json.loads(measurements_path(self.measurements).read_text())
             gains = {str(r["key"]): float(r["gain"]) for r in doc["records"] if r.get("gain") is not None}
             measured_on = doc.get("capability")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -246,6 +248,17 @@ class FuseConvPool(Pass):
         if gain < self.min_gain:
             return f"measured gain {gain:.3f}x < min-gain {self.min_gain:g}x ({self.measurements})"
         return None
+
+
+def measurements_path(value: str) -> Path:
+    """The file ``value`` names: a path, or the bare name of a measurements file sparsec ships."""
+    path = Path(value)
+    if path.is_file() or path.name != value:
+        return path
+    from sparsec.backends import cutlass
+
+    shipped = Path(cutlass.__file__).parent / "tuned" / value
+    return shipped if shipped.is_file() else path
 
 
 def key_of(match: R.Match) -> str:
