@@ -69,10 +69,8 @@ def kernel_config(site, batch: int, dtype: torch.dtype, tile=None) -> "CP.ConvPo
         return CP.ConvPoolConfig(arch, {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype], cin, k, s, cout, act,
                                  pool, pk, ps, pp, t)
 
-    conv_hw = (hw + 2 * p - k) // s + 1
-    pooled = (conv_hw + 2 * pp - pk) // ps + 1
     try:
-        return make(tile) if tile else CP.choose_tile(batch, (pooled, pooled), make)
+        return make(tile) if tile else CP.choose_tile(make)
     except ValueError:
         return None
 

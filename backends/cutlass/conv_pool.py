@@ -148,9 +148,9 @@ def _geometry(cfg: ConvPoolConfig) -> dict:
 
 
 def smem_bytes(cfg: ConvPoolConfig) -> int:
-    """Shared memory of one block: weights, bias, patch (+ a zero pair), tap table, conv tile."""
+    """Shared memory of one block: weights, bias, patch, tap table, conv tile."""
     g = _geometry(cfg)
-    parts = [cfg.cout * (cfg.kp + 8) * 2, cfg.cout * 4, (g["IH"] * g["IW"] * 4 + 2) * 2, cfg.kp // 2 * 4,
+    parts = [cfg.cout * (cfg.kp + 8) * 2, cfg.cout * 4, g["IH"] * g["IW"] * 4 * 2, cfg.kp // 2 * 4,
              g["CH"] * g["CW"] * (cfg.cout + 8) * 2]
     return sum(-(-p // 16) * 16 for p in parts)
 
@@ -210,14 +210,14 @@ constexpr int NPW = {g["NPW"]}, NGRP = {g["NGRP"]}, MGRP = {g["MGRP"]}, MPW = 2;
 constexpr int THREADS = MGRP * NGRP * 32;
 constexpr int WST = KP + 8;        // weight row stride (halves): 4 mod 8 words, conflict-free B loads
 constexpr int CST = COUT + 8;      // conv tile row stride (halves)
-constexpr int PATCH = IH * IW * 4; // patch halves; a zero pair follows it (the padded K's operand)
+constexpr int PATCH = IH * IW * 4; // patch halves
 constexpr int VEC = 8, GROUPS = COUT / VEC;
 
 constexpr int up16(int b) {{ return (b + 15) / 16 * 16; }}
 constexpr int OFF_W = 0;
 constexpr int OFF_B = OFF_W + up16(COUT * WST * 2);
 constexpr int OFF_P = OFF_B + up16(COUT * 4);
-constexpr int OFF_T = OFF_P + up16((PATCH + 2) * 2);
+constexpr int OFF_T = OFF_P + up16(PATCH * 2);
 constexpr int OFF_C = OFF_T + up16(KP / 2 * 4);
 constexpr int SMEM = OFF_C + up16(MROWS * CST * 2);
 
@@ -242,8 +242,10 @@ __global__ void __launch_bounds__(THREADS) conv_pool(const T* __restrict__ x, co
   T* ctile = reinterpret_cast<T*>(smem + OFF_C);
   const T zero = T(0.f);
 
-  // once per block: the weights [COUT][KP] (row stride WST), bias, and the tap table: for K pair j,
-  // its offset in the patch (in halves), or the zero pair past the patch for the padded K
+  // once per block: the weights [COUT][KP] (row stride WST), bias, and the tap table: for K pair j, its
+  // offset in the patch (in halves). The padded K (past k*k*4) reads tap 0, a real (finite) input value
+  // that meets a zero weight: an offset past the patch would, added to a row's offset, land in the conv
+  // tile, which other warps are writing.
   for (int i = threadIdx.x; i < COUT * KP / 2; i += THREADS) {{
     const int n = i / (KP / 2), j = i % (KP / 2);
     reinterpret_cast<uint32_t*>(wsm + n * WST)[j] = reinterpret_cast<const uint32_t*>(w + (long)n * KP)[j];
@@ -251,9 +253,8 @@ __global__ void __launch_bounds__(THREADS) conv_pool(const T* __restrict__ x, co
   for (int i = threadIdx.x; i < COUT; i += THREADS) bsm[i] = bias != nullptr ? {to_f}(bias[i]) : 0.f;
   for (int j = threadIdx.x; j < KP / 2; j += THREADS) {{
     const int k = 2 * j, tp = k / 4, ci = k % 4;
-    tap[j] = k < KD ? ((tp / K) * IW + tp % K) * 4 + ci : PATCH;
+    tap[j] = k < KD ? ((tp / K) * IW + tp % K) * 4 + ci : 0;
   }}
-  if (threadIdx.x < 2) patch[PATCH + threadIdx.x] = zero;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
   const int mg = warp % MGRP, ng = warp / MGRP;
@@ -418,22 +419,23 @@ def out_shape(cfg: ConvPoolConfig, h: int, w: int, padding) -> tuple[int, int, i
     return oh, ow, out_size(oh, cfg.pk, cfg.ps, cfg.pp), out_size(ow, cfg.pk, cfg.ps, cfg.pp)
 
 
-def choose_tile(batch: int, pooled_hw: tuple[int, int], make, sms: int = 132) -> ConvPoolConfig:
-    """``make(tile)``'s config for the largest tile that fits shared memory and still gives every SM two
-    blocks (small batches want more, smaller blocks), else the smallest tile that fits."""
-    fits = []
-    for tile in sorted(TILES, key=lambda t: -t[0] * t[1]):
+PREFERRED_TILES = ((4, 8), (4, 4))
+
+
+def choose_tile(make) -> ConvPoolConfig:
+    """``make(tile)``'s config for the first of :data:`PREFERRED_TILES` that fits shared memory.
+
+    4x8 was the fastest tile, or within 4% of it, for ResNet-50's stem (Cout 64, and 32 pruned) at every
+    batch from 1 to 256 on an H100 (``benchmarks/conv_pool.py --tiles all``, ``tile_ms`` in
+    ``benchmarks/results/conv_pool_h100.json``); 8x8 recomputes fewer halo rows but holds half as many
+    blocks per SM.
+    """
+    for tile in PREFERRED_TILES:
         try:
-            fits.append(make(tile))
+            return make(tile)
         except ValueError:
             continue
-    if not fits:
-        return make(min(TILES, key=lambda t: t[0] * t[1]))  # raises, saying why
-    for cfg in fits:
-        th, tw = cfg.tile
-        if batch * -(-pooled_hw[0] // th) * -(-pooled_hw[1] // tw) >= 2 * sms:
-            return cfg
-    return fits[-1]
+    return make(PREFERRED_TILES[-1])  # raises, saying why
 
 
 @functools.lru_cache(maxsize=None)

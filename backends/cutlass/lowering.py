@@ -478,10 +478,8 @@ class Lowering:
         dtype = _DTYPE.get(out.dtype)
         if dtype is None:
             raise TypeError(f"{node.name}: the kernels take fp16/bf16, got {out.dtype}")
-        cfg = CP.choose_tile(_batch(out), (int(out.shape[2]), int(out.shape[3])),
-                             lambda tile: CP.ConvPoolConfig(self.arch, dtype, int(w.shape[1]), p.k, p.stride,
-                                                            int(w.shape[0]), p.act, p.pool, p.pk, p.ps, p.pp, tile),
-                             sms=_SMS.get(self.arch, 132))
+        cfg = CP.choose_tile(lambda tile: CP.ConvPoolConfig(self.arch, dtype, int(w.shape[1]), p.k, p.stride,
+                                                            int(w.shape[0]), p.act, p.pool, p.pk, p.ps, p.pp, tile))
         x = _skip_layout_copy(p.x)
         base = mod.fresh_param_name("cpool_" + p.weight.target.replace(".", "_"))
         with g.inserting_before(node):
@@ -561,14 +559,6 @@ def _skip_layout_copy(x: fx.Node) -> fx.Node:
             and set(x.kwargs) <= {"dtype"} and is_cl_clone(x.args[0])):
         x.replace_input_with(x.args[0], x.args[0].args[0])  # cast the image as it is: one pass, not two
     return x
-
-
-_SMS = {"sm_90a": 132, "sm_80": 108}  # the targets' GPUs (H100 SXM, A100): what a tile choice aims to fill
-
-
-def _batch(out: torch.Tensor) -> int:
-    d = out.shape[0]
-    return int(d) if isinstance(d, int) else int(getattr(d, "node", d).hint or 1)
 
 
 def _tokens(out: torch.Tensor, *, conv: bool) -> int:

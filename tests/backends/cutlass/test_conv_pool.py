@@ -118,7 +118,7 @@ def test_lowered_conv_pool_matches_the_unlowered_graph_on_the_cpu_and_reads_the_
     ref = mod.clone()
     lowered = backend.lower(mod, tgt)
     cfgs = [r["config"] for r in lowered.section["layers"] if r["kind"] == "conv-pool"]
-    assert cfgs == ["cpool_sm_90a_fp16_ci3_k7s2_co32_relu_max3s2p1_t4x4"]  # 2 images of 6x5 tiles: the small tile
+    assert cfgs == ["cpool_sm_90a_fp16_ci3_k7s2_co32_relu_max3s2p1_t4x8"]
     call = next(n for n in mod.graph.nodes if n.target is OP)
     assert call.args[0].target is torch.ops.aten._to_copy.default and call.args[0].args[0].op == "placeholder"
     assert not any(n.target is torch.ops.aten.clone.default for n in mod.graph.nodes)
@@ -131,14 +131,14 @@ def test_lowered_conv_pool_matches_the_unlowered_graph_on_the_cpu_and_reads_the_
     assert torch.isfinite(y).all() and rel < 5e-3, rel
 
 
-def test_tile_choice_fills_the_gpu_within_shared_memory():
-    def make(tile, cout=64, k=7):
-        return CP.ConvPoolConfig("sm_90a", "fp16", 3, k, 2, cout, "relu", "max", 3, 2, 1, tile)
+def test_tile_choice_falls_back_to_a_smaller_tile_within_shared_memory():
+    def make(tile, cout=64, pk=3, ps=2):
+        return CP.ConvPoolConfig("sm_90a", "fp16", 3, 7, 2, cout, "relu", "max", pk, ps, 1, tile)
 
-    assert CP.choose_tile(256, (56, 56), make).tile == (8, 8)
-    assert CP.choose_tile(1, (56, 56), make).tile == (4, 4)  # 196 blocks of 4x4 (98 of 4x8 would leave SMs idle)
-    assert CP.choose_tile(4, (56, 56), make).tile == (4, 8)
-    assert CP.choose_tile(256, (56, 56), lambda t: make(t, 128, 11)).tile == (4, 8)  # 8x8 is over the limit
+    assert CP.choose_tile(make).tile == (4, 8)
+    assert CP.choose_tile(lambda t: make(t, 128, 4, 4)).tile == (4, 4)  # 4x8's patch and conv tile are too large
+    with pytest.raises(ValueError, match="shared memory"):
+        CP.choose_tile(lambda t: CP.ConvPoolConfig("sm_90a", "fp16", 4, 11, 4, 128, "relu", "max", 4, 4, 0, t))
 
 
 def test_nvcc_builds_conv_pool_kernels_for_both_archs(tmp_path):
