@@ -6,9 +6,11 @@ CUDA graph that runs the site over K input buffers (K * input bytes >= 100 MB,
 so the inputs do not sit in the 50 MB L2), and reports median ms per call from
 CUDA events after warm-up:
 
-- unfused: the image's channels-last copy (``to-channels-last``), the conv with
-  its bias and activation as ``sparsec.fused_conv2d`` (one cuDNN call where the
-  activation is ReLU), then PyTorch's pool;
+- unfused: the conv with its bias and activation as ``sparsec.fused_conv2d``
+  (one cuDNN call where the activation is ReLU), then PyTorch's pool, on a
+  channels-last input; at an image site (Cin 1 to 4, a network's first conv)
+  that includes the image's channels-last copy (``to-channels-last``), elsewhere
+  the input arrives channels-last from the conv before it (not timed);
 - fused: where the lowering takes the site (the image: Cin 1 to 4), the kernel it
   would choose (``sparsec::conv_pool_nhwc``, :mod:`sparsec.backends.cutlass.conv_pool`,
   on the image as it is); elsewhere the ``sparsec::conv2d_pool`` op's reference
@@ -81,7 +83,10 @@ def run_site(site, batch: int, dtype: torch.dtype, device: str, *, warmup: int, 
     gen = torch.Generator(device="cpu").manual_seed(0)
     in_bytes = batch * cin * hw * hw * torch.finfo(dtype).bits // 8
     n_buf = max(2, min(64, math.ceil(ROTATE_BYTES / in_bytes))) if timed else 1
+    image = cin <= CP.MAX_CIN  # the network's input: NCHW, copied to channels-last by the unfused graph
     xs = [torch.randn(batch, cin, hw, hw, generator=gen).to(device, dtype) for _ in range(n_buf)]
+    if not image:
+        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
     w = (torch.randn(cout, cin, k, k, generator=gen) / math.sqrt(cin * k * k)).to(device, dtype)
     b = torch.randn(cout, generator=gen).to(device, dtype)
     conv = dict(stride=[s, s], padding=[p, p], dilation=[1, 1], groups=1)
@@ -89,7 +94,7 @@ def run_site(site, batch: int, dtype: torch.dtype, device: str, *, warmup: int, 
     wcl = w.contiguous(memory_format=torch.channels_last)
 
     def unfused(x):
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)  # a copy only at an image site
         y = torch.ops.sparsec.fused_conv2d(x, wcl, b, None, conv["stride"], conv["padding"], [1, 1], 1, act, "none")
         if pool == "max":
             return torch.ops.aten.max_pool2d.default(y, [pk, pk], [ps, ps], [pp, pp], [1, 1], False)
