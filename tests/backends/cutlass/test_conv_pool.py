@@ -109,6 +109,18 @@ def test_the_cutlass_pipeline_measures_before_it_fuses():
     assert "fuse-conv-pool/conv2d-pool: not measured" in print_module(mod)
 
 
+def test_the_h100_pipeline_fuses_resnets_start_on_the_shipped_measurement():
+    """conv_pool_sm_90a.json (benchmarks/conv_pool.py on an H100) holds ResNet-50's stem at 224x224; the a100
+    pipeline, with no sm_80 measurements shipped, keeps conv and pool apart."""
+    for name, fused in (("h100", True), ("a100", False)):
+        tgt = sparsec.registry().get("target", name)
+        pipeline = resolve_backend(tgt).pipeline(tgt)
+        assert ("fuse-conv-pool{measurements=conv_pool_sm_90a.json}" in pipeline) == fused
+        mod = sparsec.trace(_ResNetStart(cout=64).eval(), (torch.randn(1, 3, 224, 224),))
+        list(PassManager.parse(pipeline).run(mod, PassContext(target=tgt)))
+        assert any(n.target is F.conv2d_pool for n in mod.graph.nodes) == fused, name
+
+
 def test_lowered_conv_pool_matches_the_unlowered_graph_on_the_cpu_and_reads_the_image_as_it_is():
     torch.manual_seed(0)
     tgt = sparsec.registry().get("target", "h100")
@@ -170,15 +182,21 @@ CASES = [  # (dtype, Cin, k, stride, pad, Cout, act, pool, pk, ps, pp, tile, N, 
 ]
 
 
+def _needs_sm80():
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("needs an sm_80 or newer GPU")
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["native", "sm_80"])  # sm_80 on an H100: its compute_80 PTX, a correctness check
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
-def test_kernel_matches_float64_on_the_gpu(case):
+def test_kernel_matches_float64_on_the_gpu(case, arch):
     from sparsec.backends.cutlass.runtime import poisoned_outputs
     from sparsec.passes.fusion.ops import ACTIVATIONS
 
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8:
-        pytest.skip("needs an sm_80 or newer GPU")
-    arch = "sm_90a" if torch.cuda.get_device_capability() == (9, 0) else "sm_80"
+    _needs_sm80()
+    if arch == "native":
+        arch = "sm_90a" if torch.cuda.get_device_capability() == (9, 0) else "sm_80"
     dtype, cin, k, s, pad, cout, act, pool, pk, ps, pp, tile, n, h, w, cl = case
     dt = CP.DTYPES[dtype]
     g = torch.Generator(device="cuda").manual_seed(cin * k + cout)
@@ -200,3 +218,27 @@ def test_kernel_matches_float64_on_the_gpu(case):
     assert y.shape == ref.shape and y.is_contiguous() and torch.isfinite(y).all(), "NaN left: an output not written"
     rel = ((y.double() - ref).norm() / ref.norm()).item()
     assert rel < (5e-3 if dtype == "fp16" else 2e-2), rel
+
+
+@pytest.mark.gpu
+def test_compiled_artifact_runs_the_fused_kernel_and_matches_the_model(tmp_path):
+    """sparsec.compile with the fusion forced, sparsec.load, run on the GPU: one conv_pool_nhwc call, no
+    max-pool left, logits within fp16 tolerance of the float32 model; and the same replayed as a CUDA graph."""
+    _needs_sm80()
+    target = "h100" if torch.cuda.get_device_capability() == (9, 0) else "a100"
+    tgt = sparsec.registry().get("target", target)
+    torch.manual_seed(3)
+    model = _randomise_bn(_ResNetStart(cout=64)).eval()
+    res = sparsec.compile(model, (torch.randn(4, 3, 96, 80),), target=target, pipeline=_pipeline(tgt),
+                          output=tmp_path / "m.sparsec")
+    layers = __import__("json").loads((res.artifact / "manifest.json").read_text())["payload"]["layers"]
+    assert [r["config"] for r in layers if r["kind"] == "conv-pool"] == [
+        f"cpool_{tgt.arch}_fp16_ci3_k7s2_co64_relu_max3s2p1_t4x8"]
+    fast = sparsec.load(res.artifact, cuda_graph=True)
+    g = torch.Generator(device="cuda").manual_seed(5)
+    for _ in range(2):  # capture, then replay on a new input
+        x = torch.randn(4, 3, 96, 80, device="cuda", generator=g)
+        with torch.no_grad():
+            y, r = fast(x), model.cuda()(x)
+        rel = ((y.double() - r.double()).norm() / r.double().norm()).item()
+        assert torch.isfinite(y).all() and rel < 1e-2, rel
