@@ -21,7 +21,11 @@ NHWC so that ``x`` is row-major [N, K]:
 * the stem (Cin 1 to 4, at most :data:`.stem.MAX_MACS` multiply-adds per output, e.g. a
   3x3 conv of the image): one ``sparsec::stem_conv`` call (:mod:`.stem`), reading the
   image in its own layout (the graph's channels-last copy of it goes away), bias and
-  activation fused.
+  activation fused;
+* ``sparsec.conv2d_pool`` of the image (Cin 1 to 4: ``fuse-conv-pool`` fused a stem
+  with its pool, e.g. ResNet's 7x7 conv, ReLU and 3x3 max-pool): one
+  ``sparsec::conv_pool_nhwc`` call (:mod:`.conv_pool`, tensor cores), reading the
+  image as it is.
 
 The GEMM output [N, Ho, Wo, Cout] goes back to NCHW through a ``permute``
 (a channels-last view, no copy); back-to-back ``permute``s between two
@@ -31,9 +35,10 @@ residual add, ``gelu_tanh``) runs after the kernel in PyTorch.
 
 Weights are packed offline (``runtime.pack_weight`` layout, on the CPU) and
 held as buffers of the graph module, so ``torch.export`` stores them in the
-program. Grouped, dilated and transposed convs, 7x7 stems (compute-bound:
-cuDNN's tensor cores win) and the depthwise convs the kernel does not take stay
-in PyTorch (cuDNN); :func:`plan` says why.
+program. Grouped, dilated and transposed convs, 7x7 stems without a fused pool
+(compute-bound: cuDNN's tensor cores beat the CUDA-core stem kernel) and the
+depthwise convs the kernel does not take stay in PyTorch (cuDNN); :func:`plan`
+says why.
 """
 
 from __future__ import annotations

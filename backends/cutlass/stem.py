@@ -13,7 +13,8 @@ computes 8 output channels (one 16-byte store) of 8 neighbouring pixels of a row
 of one pixel are neighbouring threads, so a warp's stores are contiguous. It pays where the conv has few
 multiply-adds per output (MobileNet and EfficientNet stems: 3x3x3 = 27); a 7x7 stem (ResNet: 147) is
 compute-bound, where cuDNN's tensor-core implicit GEMM wins, so the lowering takes ``k*k*Cin`` of at most
-:data:`MAX_MACS` only (``benchmarks/stem_conv.py`` measures both).
+:data:`MAX_MACS` only (``benchmarks/stem_conv.py`` measures both). A stem followed by a pool that
+``fuse-conv-pool`` fused runs on tensor cores instead, pool included (:mod:`.conv_pool`).
 
     stem_conv(x [N, Cin, H, W] (any strides), weight [k, k, Cin, Cout], bias [Cout]?, padding [ph, pw],
               config) -> y [N, Ho, Wo, Cout]  (NHWC, contiguous)

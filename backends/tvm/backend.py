@@ -115,11 +115,17 @@ class TvmBackend(Backend):
 
     def pipeline(self, target: Target) -> str:
         """cpu-tvm: the default pipeline; GPU targets: the CUTLASS backend's (fold-bn, [sparsify-2-4,]
-        fuse-epilogue, to-dtype, partition), whose fused ops its lowering takes."""
+        fuse-epilogue, to-dtype, fuse-conv-pool, partition), whose fused ops its lowering takes. The
+        conv+pool measurements that pipeline reads time sparsec's conv+pool kernel, which is not this
+        backend's route, so here ``fuse-conv-pool`` runs without them and declines every site."""
+        import re
+
         from sparsec.backends.cutlass.backend import CutlassBackend
         from sparsec.registry import registry
 
-        return registry().get("pipeline", "default") if target.arch is None else CutlassBackend().pipeline(target)
+        if target.arch is None:
+            return registry().get("pipeline", "default")
+        return re.sub(r"fuse-conv-pool\{[^}]*\}", "fuse-conv-pool", CutlassBackend().pipeline(target))
 
     # -- compiling ----------------------------------------------------------------------------
     def lower(self, mod, target: Target):
