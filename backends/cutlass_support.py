@@ -125,6 +125,9 @@ class CutlassSupport:
         if groups != 1:
             return self._sparse_ok(w, "cutlass: depthwise conv, dense direct kernel, " + epilogue, depthwise=True)
         if cin <= 4 and cout % ALIGN == 0:
+            if node.target is F.conv2d_pool:
+                return Supported(f"cutlass: conv of {cin} input channels (the stem) and its pool as one tensor-core "
+                                 f"kernel, {epilogue}")
             return Supported(f"cutlass: direct conv of {cin} input channels (the stem), {epilogue}")
         if cin % ALIGN or cout % ALIGN:
             return Unsupported(f"Cin={cin}, Cout={cout}: 16-bit tensor-core kernels need channel counts that are "

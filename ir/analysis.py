@@ -166,6 +166,14 @@ def _macs(n: fx.Node, hints) -> int:
     if name == "sparsec.stem_conv":  # lowered stem: weight [k, k, Cin, Cout], each output element k*k*Cin MACs
         w = _shape(n.args[1])
         return _numel(out, hints) * w[0] * w[1] * w[2] if out and w else 0
+    if name == "sparsec.conv_pool_nhwc":  # lowered conv + pool: the conv's MACs (not the halo the kernel redoes)
+        from sparsec.backends.cutlass.conv_pool import ConvPoolConfig, out_shape  # (the op's module is loaded)
+
+        x, cfg = _shape(n.args[0]), ConvPoolConfig.from_name(n.args[4])
+        if x is None:
+            return 0
+        oh, ow, _, _ = out_shape(cfg, _dim(x[2], hints), _dim(x[3], hints), n.args[3])
+        return _dim(x[0], hints) * cfg.cout * oh * ow * cfg.cin * cfg.k * cfg.k
     if name in ("sparsec.squeeze_excite", "sparsec.squeeze_excite_nhwc"):  # its two fcs, as the unfused 1x1 convs
         x, w1 = _shape(n.args[0]), _shape(n.args[1])
         return _dim(x[0], hints) * 2 * w1[0] * w1[1] if x and w1 else 0

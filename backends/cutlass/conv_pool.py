@@ -39,7 +39,7 @@ from typing import Optional
 import torch
 
 from sparsec.backends.cutlass.depthwise import ACT_CODE, ACTS, CUDA_T, DTYPES, VEC, out_size
-from sparsec.backends.cutlass.handlib import KernelLibrary
+from sparsec.backends.cutlass.handlib import HandWritten, KernelLibrary, check_inputs, check_rc, sm_count
 from sparsec.errors import KernelError
 
 MAX_CIN = 4
@@ -56,7 +56,7 @@ _NAME = re.compile(rf"cpool_(sm_\w+?)_(fp16|bf16)_ci(\d)_k(\d+)s(\d)_co(\d+)_({_
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvPoolConfig:
+class ConvPoolConfig(HandWritten):
     """One kernel: ``cpool_<arch>_<dtype>_ci<Cin>_k<k>s<s>_co<Cout>_<act>_<pool><pk>s<ps>p<pp>_t<TPH>x<TPW>``."""
 
     arch: str
@@ -101,12 +101,6 @@ class ConvPoolConfig:
         return (f"cpool_{self.arch}_{self.dtype}_ci{self.cin}_k{self.k}s{self.stride}_co{self.cout}_{self.act}_"
                 f"{self.pool}{self.pk}s{self.ps}p{self.pp}_t{th}x{tw}")
 
-    lib_name = name
-
-    @property
-    def symbol(self) -> str:
-        return "sparsec_" + self.name
-
     @classmethod
     @functools.lru_cache(maxsize=None)
     def from_name(cls, name: str) -> "ConvPoolConfig":
@@ -117,10 +111,8 @@ class ConvPoolConfig:
         return cls(arch, dtype, int(cin), int(k), int(s), int(cout), act, pool, int(pk), int(ps), int(pp),
                    (int(th), int(tw)))
 
-    def to_source(self):
-        from sparsec.backends.cutlass.build import Source
-
-        return Source(self.name, emit(self), self.arch)
+    def _emit(self) -> str:
+        return emit(self)
 
     # -- derived sizes (the kernel's constexprs) --------------------------------------------------
     @property
@@ -438,24 +430,15 @@ def choose_tile(make) -> ConvPoolConfig:
     return make(PREFERRED_TILES[-1])  # raises, saying why
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: int) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 @torch.library.custom_op("sparsec::conv_pool_nhwc", mutates_args=())
 def conv_pool_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: list[int],
                    config: str) -> torch.Tensor:
     """y [N, PH, PW, Cout] (NHWC) = pool(act(conv2d(x [N, Cin, H, W], weight) + bias)); weight packed [Cout, KP]."""
-    from sparsec.backends.cutlass.runtime import _poison
+    from sparsec.backends.cutlass.runtime import poison
 
     cfg = ConvPoolConfig.from_name(config)
     n, cin, h, w_ = x.shape
-    want = DTYPES[cfg.dtype]
-    if x.dtype != want or weight.dtype != want or not x.is_cuda:
-        raise KernelError(f"conv+pool kernel {cfg.name} takes {cfg.dtype} CUDA tensors",
-                          actual=f"x {x.dtype} on {x.device}, weight {weight.dtype}",
-                          fix="cast the input, or compile for its dtype")
+    want = check_inputs("conv+pool", cfg, x, weight=weight)
     if cin != cfg.cin or tuple(weight.shape) != (cfg.cout, cfg.kp):
         raise KernelError(f"conv+pool kernel {cfg.name}: x {tuple(x.shape)}, weight {tuple(weight.shape)}",
                           expected=f"Cin {cfg.cin}, packed weight ({cfg.cout}, {cfg.kp})", fix="compile the model again")
@@ -464,17 +447,13 @@ def conv_pool_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
         raise KernelError(f"conv+pool kernel {cfg.name}: a {h}x{w_} input leaves no output",
                           where=f"x {tuple(x.shape)}", fix="give a larger input")
     bias = None if bias is None else bias.to(want).contiguous()
-    y = torch.empty(n, ph, pw, cfg.cout, dtype=want, device=x.device)
-    if getattr(_poison, "on", False):
-        y.fill_(float("nan"))
+    y = poison(torch.empty(n, ph, pw, cfg.cout, dtype=want, device=x.device))
     if y.numel() == 0:
         return y
     rc = _kernels.get(cfg)(x.data_ptr(), weight.contiguous().data_ptr(), None if bias is None else bias.data_ptr(),
                            y.data_ptr(), n, h, w_, oh, ow, ph, pw, padding[0], padding[1], *x.stride(),
-                           _sm_count(x.device.index or 0), torch.cuda.current_stream(x.device).cuda_stream)
-    if rc != 0:
-        raise KernelError(f"conv+pool kernel {cfg.name} failed ({'shape refused' if rc == 1 else 'launch failed'})",
-                          where=f"x {tuple(x.shape)}", fix="check the shapes")
+                           sm_count(x.device.index or 0), torch.cuda.current_stream(x.device).cuda_stream)
+    check_rc(rc, "conv+pool", cfg, f"x {tuple(x.shape)}")
     return y
 
 

@@ -58,7 +58,7 @@ from typing import Optional
 
 import torch
 
-from sparsec.backends.cutlass.handlib import KernelLibrary
+from sparsec.backends.cutlass.handlib import HandWritten, KernelLibrary, check_inputs, check_rc
 from sparsec.errors import KernelError
 
 KERNEL_SIZES = (3, 5, 7)
@@ -87,7 +87,7 @@ ACT_CODE = {
 
 
 @dataclasses.dataclass(frozen=True)
-class DwConfig:
+class DwConfig(HandWritten):
     """One depthwise kernel: ``dw_<arch>_<dtype>_k<k>s<stride>_<act>_<act2>[_res]``."""
 
     arch: str
@@ -120,12 +120,6 @@ class DwConfig:
                 + ("_res" if self.residual else "") + ("" if self.tiled else "_rows" if self.rows else "_direct")
                 + (f"_tw{self.tw}" if self.tw else "") + (f"_o{self.occ}" if self.occ else ""))
 
-    lib_name = name
-
-    @property
-    def symbol(self) -> str:
-        return "sparsec_" + self.name
-
     @classmethod
     @functools.lru_cache(maxsize=None)  # the op parses its config name on every call
     def from_name(cls, name: str) -> "DwConfig":
@@ -136,11 +130,8 @@ class DwConfig:
         return cls(arch, dtype, int(k), int(s), act, act2, bool(res), not layout, int(tw or 0), int(occ or 0),
                    layout == "_rows")
 
-    def to_source(self):
-        """This kernel's translation unit, for :mod:`.build` (its cache, parallel nvcc, ``kernels.json``)."""
-        from sparsec.backends.cutlass.build import Source
-
-        return Source(self.name, emit(self), self.arch)
+    def _emit(self) -> str:
+        return emit(self)
 
     @property
     def outputs_per_thread(self) -> int:
@@ -518,16 +509,12 @@ def out_size(size: int, k: int, stride: int, pad: int) -> int:
 def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
              padding: list[int], config: str) -> torch.Tensor:
     """y [N, Ho, Wo, C] = act2(act(depthwise conv of x [N, H, W, C] with weight [k, k, C] + bias) + residual)."""
-    from sparsec.backends.cutlass.runtime import _poison
+    from sparsec.backends.cutlass.runtime import poison
 
     cfg = DwConfig.from_name(config)
     n, h, w_, c = x.shape
     oh, ow = out_size(h, cfg.k, cfg.stride, padding[0]), out_size(w_, cfg.k, cfg.stride, padding[1])
-    want = DTYPES[cfg.dtype]
-    if x.dtype != want or weight.dtype != want or not x.is_cuda:
-        raise KernelError(f"depthwise kernel {cfg.name} takes {cfg.dtype} CUDA tensors",
-                          actual=f"x {x.dtype} on {x.device}, weight {weight.dtype}",
-                          fix="cast the activations, or compile for their dtype")
+    want = check_inputs("depthwise", cfg, x, weight=weight)
     if c % VEC or tuple(weight.shape) != (cfg.k, cfg.k, c):
         raise KernelError(f"depthwise kernel {cfg.name}: C={c}, weight {tuple(weight.shape)}",
                           expected=f"C a multiple of {VEC}, weight ({cfg.k}, {cfg.k}, C)", fix="compile the model again")
@@ -538,9 +525,7 @@ def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
             raise KernelError(f"depthwise kernel {cfg.name} takes a residual of the output's shape",
                               expected=str((n, oh, ow, c)), actual=None if residual is None else str(tuple(residual.shape)))
         residual = residual.to(want).contiguous()
-    y = torch.empty(n, oh, ow, c, dtype=want, device=x.device)
-    if getattr(_poison, "on", False):
-        y.fill_(float("nan"))
+    y = poison(torch.empty(n, oh, ow, c, dtype=want, device=x.device))
     if y.numel() == 0:
         return y
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
@@ -550,9 +535,7 @@ def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
         rs = residual[chunk:chunk + m] if cfg.residual else None
         rc = _kernels.get(cfg)(ptr(xs), weight.data_ptr(), ptr(bias), ptr(rs), ys.data_ptr(), m, h, w_, c, oh, ow,
                           padding[0], padding[1], torch.cuda.current_stream(x.device).cuda_stream)
-        if rc != 0:
-            raise KernelError(f"depthwise kernel {cfg.name} failed ({'shape refused' if rc == 1 else 'launch failed'})",
-                              where=f"x {tuple(x.shape)}, padding {list(padding)}", fix="check the shapes")
+        check_rc(rc, "depthwise", cfg, f"x {tuple(x.shape)}, padding {list(padding)}")
     return y
 
 

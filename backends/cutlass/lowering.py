@@ -430,11 +430,7 @@ class Lowering:
     def _lower_depthwise(self, mod, g: fx.Graph, node: fx.Node, p: DwPlan) -> None:
         from sparsec.backends.cutlass.depthwise import DwConfig, variant
 
-        w = mod.get_param(p.weight.target).detach()
-        out = _val(node)
-        dtype = _DTYPE.get(out.dtype)
-        if dtype is None:
-            raise TypeError(f"{node.name}: the kernels take fp16/bf16, got {out.dtype}")
+        w, out, dtype = mod.get_param(p.weight.target).detach(), _val(node), _kernel_dtype(node)
         res = p.residual is not None
         cfg = DwConfig(self.arch, dtype, p.k, p.stride, p.act, p.act2, res,
                        **variant(self.arch, p.k, p.stride, knobs.get("cutlass_depthwise")))
@@ -443,68 +439,39 @@ class Lowering:
             wk = self._buffer(mod, g, base, w[:, 0].permute(1, 2, 0).to(out.dtype))  # [C,1,k,k] -> [k, k, C]
             x = g.call_function(aten.permute.default, (p.x, [0, 2, 3, 1]))  # NHWC view
             r = g.call_function(aten.permute.default, (p.residual, [0, 2, 3, 1])) if res else None
-            y = g.call_function(torch.ops.sparsec.dwconv2d.default, (x, wk, p.bias, r, list(p.padding), cfg.name))
-            M.put(y, M.BackendAssignment("cutlass"))
-            y = g.call_function(aten.permute.default, (y, [0, 3, 1, 2]))
-        node.replace_all_uses_with(y)
-        g.erase_node(node)
-        c = int(w.shape[0])
-        self.records.append({"node": node.name, "weight": p.weight.target, "kind": "depthwise", "m": c,
-                             "n": _tokens(out, conv=True), "k": p.k * p.k, "sparse": False, "config": cfg.name,
-                             "epilogue_in_pytorch": []})
+        self._replace(g, node, torch.ops.sparsec.dwconv2d.default, (x, wk, p.bias, r, list(p.padding), cfg.name),
+                      weight=p.weight.target, kind="depthwise", m=int(w.shape[0]), k=p.k * p.k, config=cfg.name)
 
     def _lower_stem(self, mod, g: fx.Graph, node: fx.Node, p: StemPlan) -> None:
         from sparsec.backends.cutlass.stem import StemConfig
 
-        w = mod.get_param(p.weight.target).detach()
-        out = _val(node)
-        dtype = _DTYPE.get(out.dtype)
-        if dtype is None:
-            raise TypeError(f"{node.name}: the kernels take fp16/bf16, got {out.dtype}")
+        w, out, dtype = mod.get_param(p.weight.target).detach(), _val(node), _kernel_dtype(node)
         cfg = StemConfig(self.arch, dtype, int(w.shape[1]), p.k, p.stride, p.act)
-        x = _skip_layout_copy(p.x)
         base = mod.fresh_param_name("stem_" + p.weight.target.replace(".", "_"))
         with g.inserting_before(node):
             wk = self._buffer(mod, g, base, w.permute(2, 3, 1, 0).to(out.dtype))  # [Cout,Cin,k,k] -> [k,k,Cin,Cout]
-            y = g.call_function(torch.ops.sparsec.stem_conv.default, (x, wk, p.bias, list(p.padding), cfg.name))
-            M.put(y, M.BackendAssignment("cutlass"))
-            y = g.call_function(aten.permute.default, (y, [0, 3, 1, 2]))
-        node.replace_all_uses_with(y)
-        g.erase_node(node)
-        self.records.append({"node": node.name, "weight": p.weight.target, "kind": "stem", "m": int(w.shape[0]),
-                             "n": _tokens(out, conv=True), "k": int(w[0].numel()), "sparse": False,
-                             "config": cfg.name, "epilogue_in_pytorch": []})
+        self._replace(g, node, torch.ops.sparsec.stem_conv.default,
+                      (_skip_layout_copy(p.x), wk, p.bias, list(p.padding), cfg.name),
+                      weight=p.weight.target, kind="stem", m=int(w.shape[0]), k=int(w[0].numel()), config=cfg.name)
 
     def _lower_conv_pool(self, mod, g: fx.Graph, node: fx.Node, p: ConvPoolPlan) -> None:
         from sparsec.backends.cutlass import conv_pool as CP
 
-        w = mod.get_param(p.weight.target).detach()
-        out = _val(node)
-        dtype = _DTYPE.get(out.dtype)
-        if dtype is None:
-            raise TypeError(f"{node.name}: the kernels take fp16/bf16, got {out.dtype}")
+        w, out, dtype = mod.get_param(p.weight.target).detach(), _val(node), _kernel_dtype(node)
         cfg = CP.choose_tile(lambda tile: CP.ConvPoolConfig(self.arch, dtype, int(w.shape[1]), p.k, p.stride,
                                                             int(w.shape[0]), p.act, p.pool, p.pk, p.ps, p.pp, tile))
-        x = _skip_layout_copy(p.x)
         base = mod.fresh_param_name("cpool_" + p.weight.target.replace(".", "_"))
         with g.inserting_before(node):
             wk = self._buffer(mod, g, base, CP.pack_weight(w.to(out.dtype), cfg.kp))
-            y = g.call_function(torch.ops.sparsec.conv_pool_nhwc.default, (x, wk, p.bias, list(p.padding), cfg.name))
-            M.put(y, M.BackendAssignment("cutlass"))
-            y = g.call_function(aten.permute.default, (y, [0, 3, 1, 2]))
-        node.replace_all_uses_with(y)
-        g.erase_node(node)
-        self.records.append({"node": node.name, "weight": p.weight.target, "kind": "conv-pool", "m": int(w.shape[0]),
-                             "n": _tokens(out, conv=True), "k": int(w[0].numel()), "sparse": False,
-                             "config": cfg.name, "epilogue_in_pytorch": []})
+        self._replace(g, node, torch.ops.sparsec.conv_pool_nhwc.default,
+                      (_skip_layout_copy(p.x), wk, p.bias, list(p.padding), cfg.name),
+                      weight=p.weight.target, kind="conv-pool", m=int(w.shape[0]), k=int(w[0].numel()),
+                      config=cfg.name)
 
     def _lower_se(self, mod, g: fx.Graph, node: fx.Node, p: SePlan) -> None:
         from sparsec.backends.cutlass.squeeze_excite import SeConfig
 
-        out = _val(node)
-        dtype = _DTYPE.get(out.dtype)
-        if dtype is None:
-            raise TypeError(f"{node.name}: the kernels take fp16/bf16, got {out.dtype}")
+        out, dtype = _val(node), _kernel_dtype(node)
         cfg = SeConfig(self.arch, dtype, p.act, p.gate)
         w1 = mod.get_param(p.w1.target).detach().flatten(1)  # [R, C, 1, 1] -> [R, C]
         w2t = mod.get_param(p.w2.target).detach().flatten(1).t()  # [C, R, 1, 1] -> [R, C]: coalesced per channel
@@ -513,15 +480,23 @@ class Lowering:
             a1 = self._buffer(mod, g, base + "_w1", w1.to(out.dtype))
             a2 = self._buffer(mod, g, base + "_w2t", w2t.to(out.dtype))
             x = g.call_function(aten.permute.default, (p.x, [0, 2, 3, 1]))  # NHWC view
-            y = g.call_function(torch.ops.sparsec.squeeze_excite_nhwc.default, (x, a1, p.b1, a2, p.b2, cfg.name))
+        self._replace(g, node, torch.ops.sparsec.squeeze_excite_nhwc.default, (x, a1, p.b1, a2, p.b2, cfg.name),
+                      weight=p.w1.target, kind="squeeze-excite", m=int(w1.shape[1]), k=int(w1.shape[0]),
+                      config=cfg.name)
+        self.replaced.add(p.w2.target)
+
+    def _replace(self, g: fx.Graph, node: fx.Node, target, args, **record) -> None:
+        """``node`` -> ``permute(target(*args), NCHW)``: a hand-written kernel's NHWC output as the node's value,
+        and its record (dense, its whole epilogue in the kernel)."""
+        with g.inserting_before(node):
+            y = g.call_function(target, args)
             M.put(y, M.BackendAssignment("cutlass"))
             y = g.call_function(aten.permute.default, (y, [0, 3, 1, 2]))
+        out = _val(node)
         node.replace_all_uses_with(y)
         g.erase_node(node)
-        self.replaced.add(p.w2.target)
-        self.records.append({"node": node.name, "weight": p.w1.target, "kind": "squeeze-excite",
-                             "m": int(w1.shape[1]), "n": _tokens(out, conv=True), "k": int(w1.shape[0]),
-                             "sparse": False, "config": cfg.name, "epilogue_in_pytorch": []})
+        self.records.append({"node": node.name, **record, "n": _tokens(out, conv=True), "sparse": False,
+                             "epilogue_in_pytorch": []})
 
     @staticmethod
     def _buffer(mod, g: fx.Graph, name: str, value: torch.Tensor) -> fx.Node:
@@ -564,6 +539,15 @@ def _skip_layout_copy(x: fx.Node) -> fx.Node:
             and set(x.kwargs) <= {"dtype"} and is_cl_clone(x.args[0])):
         x.replace_input_with(x.args[0], x.args[0].args[0])  # cast the image as it is: one pass, not two
     return x
+
+
+def _kernel_dtype(node: fx.Node) -> str:
+    """The kernels' dtype name of ``node``'s output (a TypeError for any other dtype)."""
+    out = _val(node)  # (lowered producers have no meta yet: read this node's own)
+    dtype = _DTYPE.get(out.dtype)
+    if dtype is None:
+        raise TypeError(f"{node.name}: the kernels take fp16/bf16, got {out.dtype}")
+    return dtype
 
 
 def _tokens(out: torch.Tensor, *, conv: bool) -> int:

@@ -51,6 +51,13 @@ def poisoned_outputs() -> Iterator[None]:
         _poison.on = saved
 
 
+def poison(t: torch.Tensor) -> torch.Tensor:
+    """``t``, NaN-filled inside :func:`poisoned_outputs`: an op's output before its kernel writes it."""
+    if getattr(_poison, "on", False):
+        t.fill_(float("nan"))
+    return t
+
+
 class Kernel:
     """One loaded kernel: its config, its library and its entry points."""
 
@@ -156,9 +163,7 @@ def _run(kernel: Kernel, cfg: KernelConfig, x: torch.Tensor, a: torch.Tensor, e:
         scale = _pad_last(scale.float(), mp).contiguous()
     if residual is not None:
         residual = _pad_last(residual.reshape(n, -1).to(x.dtype), mp).contiguous()
-    y = torch.empty(n, mp, dtype=x.dtype, device=x.device) if out is None else out.view(n, mp)
-    if getattr(_poison, "on", False):
-        y.fill_(float("nan"))
+    y = poison(torch.empty(n, mp, dtype=x.dtype, device=x.device) if out is None else out.view(n, mp))
     if n > 0:
         kernel(a, e, x2, y, residual, bias, scale, mp, n, kp, cfg.swizzle)
     if mp != m:
@@ -172,9 +177,7 @@ def _run_sm80_sparse(kernel, cfg, x2, a, e, kp, mp, m, bias, residual, scale) ->
     n8 = (n + 7) // 8 * 8  # SparseGemm needs N % 8 == 0 (B and row-major D alignment)
     if n8 != n:
         x2 = F.pad(x2, (0, 0, 0, n8 - n))
-    yt = torch.empty(mp, n8, dtype=x2.dtype, device=x2.device)
-    if getattr(_poison, "on", False):
-        yt.fill_(float("nan"))
+    yt = poison(torch.empty(mp, n8, dtype=x2.dtype, device=x2.device))
     if n > 0:
         kernel(a, e, x2, yt, None, None, None, mp, n8, kp, 1)
     return _torch_epilogue(yt[:m, :n].t(), cfg, bias, residual, scale)

@@ -36,7 +36,7 @@ from typing import Optional
 import torch
 
 from sparsec.backends.cutlass.depthwise import ACT_CODE, ACTS, CUDA_T, DTYPES, VEC
-from sparsec.backends.cutlass.handlib import KernelLibrary
+from sparsec.backends.cutlass.handlib import HandWritten, KernelLibrary, check_inputs, check_rc
 from sparsec.errors import KernelError
 
 _ACT_RE = "|".join(sorted(ACTS, key=len, reverse=True))
@@ -45,7 +45,7 @@ SMEM_LIMIT = 48 * 1024  # se_fc keeps the mean (C floats) and the hidden units (
 
 
 @dataclasses.dataclass(frozen=True)
-class SeConfig:
+class SeConfig(HandWritten):
     """One squeeze-excite kernel set: ``se_<arch>_<dtype>_<act>_<gate>``."""
 
     arch: str
@@ -64,12 +64,6 @@ class SeConfig:
     def name(self) -> str:
         return f"se_{self.arch}_{self.dtype}_{self.act}_{self.gate}"
 
-    lib_name = name
-
-    @property
-    def symbol(self) -> str:
-        return "sparsec_" + self.name
-
     @classmethod
     @functools.lru_cache(maxsize=None)
     def from_name(cls, name: str) -> "SeConfig":
@@ -78,10 +72,8 @@ class SeConfig:
             raise ValueError(f"not a squeeze-excite kernel name: {name!r}")
         return cls(*m.groups())
 
-    def to_source(self):
-        from sparsec.backends.cutlass.build import Source
-
-        return Source(self.name, emit(self), self.arch)
+    def _emit(self) -> str:
+        return emit(self)
 
 
 def is_name(name: str) -> bool:
@@ -239,15 +231,11 @@ def preload(configs) -> None:
 def squeeze_excite_nhwc(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2t: torch.Tensor,
                         b2: Optional[torch.Tensor], config: str) -> torch.Tensor:
     """y [N, H, W, C] = x * gate(w2t^T act(w1 mean_hw(x) + b1) + b2), per image (see the module docstring)."""
-    from sparsec.backends.cutlass.runtime import _poison
+    from sparsec.backends.cutlass.runtime import poison
 
     cfg = SeConfig.from_name(config)
     n, h, w_, c = x.shape
-    want = DTYPES[cfg.dtype]
-    if x.dtype != want or w1.dtype != want or w2t.dtype != want or not x.is_cuda:
-        raise KernelError(f"squeeze-excite kernel {cfg.name} takes {cfg.dtype} CUDA tensors",
-                          actual=f"x {x.dtype} on {x.device}, w1 {w1.dtype}, w2t {w2t.dtype}",
-                          fix="cast the activations, or compile for their dtype")
+    want = check_inputs("squeeze-excite", cfg, x, w1=w1, w2t=w2t)
     r = w1.shape[0]
     if c % VEC or tuple(w1.shape) != (r, c) or tuple(w2t.shape) != (r, c):
         raise KernelError(f"squeeze-excite kernel {cfg.name}: C={c}, w1 {tuple(w1.shape)}, w2t {tuple(w2t.shape)}",
@@ -255,9 +243,7 @@ def squeeze_excite_nhwc(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Te
     x = x.contiguous()
     b1 = None if b1 is None else b1.to(want).contiguous()
     b2 = None if b2 is None else b2.to(want).contiguous()
-    y = torch.empty_like(x)
-    if getattr(_poison, "on", False):
-        y.fill_(float("nan"))
+    y = poison(torch.empty_like(x))
     if y.numel() == 0:
         return y
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
@@ -268,10 +254,8 @@ def squeeze_excite_nhwc(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Te
         g = torch.empty(m, c, dtype=want, device=x.device)
         rc = _kernels.get(cfg)(x[chunk:chunk + m].data_ptr(), w1.data_ptr(), ptr(b1), w2t.data_ptr(), ptr(b2),
                                y[chunk:chunk + m].data_ptr(), sums.data_ptr(), g.data_ptr(), m, h * w_, c, r, stream)
-        if rc != 0:
-            raise KernelError(f"squeeze-excite kernel {cfg.name} failed ({'shape refused' if rc == 1 else 'launch failed'})",
-                              where=f"x {tuple(x.shape)}, R={r}",
-                              fix="C + R must fit 12288 floats of shared memory; check the shapes")
+        check_rc(rc, "squeeze-excite", cfg, f"x {tuple(x.shape)}, R={r}",
+                 fix="C + R must fit 12288 floats of shared memory; check the shapes")
     return y
 
 

@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 
 from sparsec.backends.cutlass.depthwise import ACT_CODE, ACTS, CUDA_T, DTYPES, KERNEL_SIZES, STRIDES, VEC, out_size
-from sparsec.backends.cutlass.handlib import KernelLibrary
+from sparsec.backends.cutlass.handlib import HandWritten, KernelLibrary, check_inputs, check_rc, sm_count
 from sparsec.errors import KernelError
 
 MAX_CIN = 4
@@ -46,7 +46,7 @@ _NAME = re.compile(rf"stem_(sm_\w+?)_(fp16|bf16)_ci(\d)_k(\d)s(\d)_({_ACT_RE})$"
 
 
 @dataclasses.dataclass(frozen=True)
-class StemConfig:
+class StemConfig(HandWritten):
     """One stem kernel: ``stem_<arch>_<dtype>_ci<Cin>_k<k>s<stride>_<act>``."""
 
     arch: str
@@ -68,12 +68,6 @@ class StemConfig:
     def name(self) -> str:
         return f"stem_{self.arch}_{self.dtype}_ci{self.cin}_k{self.k}s{self.stride}_{self.act}"
 
-    lib_name = name
-
-    @property
-    def symbol(self) -> str:
-        return "sparsec_" + self.name
-
     @classmethod
     @functools.lru_cache(maxsize=None)
     def from_name(cls, name: str) -> "StemConfig":
@@ -83,10 +77,8 @@ class StemConfig:
         arch, dtype, cin, k, s, act = m.groups()
         return cls(arch, dtype, int(cin), int(k), int(s), act)
 
-    def to_source(self):
-        from sparsec.backends.cutlass.build import Source
-
-        return Source(self.name, emit(self), self.arch)
+    def _emit(self) -> str:
+        return emit(self)
 
 
 def is_name(name: str) -> bool:
@@ -215,24 +207,15 @@ def preload(configs) -> None:
     _kernels.preload(configs)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: int) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 @torch.library.custom_op("sparsec::stem_conv", mutates_args=())
 def stem_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: list[int],
               config: str) -> torch.Tensor:
     """y [N, Ho, Wo, Cout] (NHWC) = act(conv2d(x [N, Cin, H, W], weight [k, k, Cin, Cout]) + bias)."""
-    from sparsec.backends.cutlass.runtime import _poison
+    from sparsec.backends.cutlass.runtime import poison
 
     cfg = StemConfig.from_name(config)
     n, cin, h, w_ = x.shape
-    want = DTYPES[cfg.dtype]
-    if x.dtype != want or weight.dtype != want or not x.is_cuda:
-        raise KernelError(f"stem kernel {cfg.name} takes {cfg.dtype} CUDA tensors",
-                          actual=f"x {x.dtype} on {x.device}, weight {weight.dtype}",
-                          fix="cast the input, or compile for its dtype")
+    want = check_inputs("stem", cfg, x, weight=weight)
     cout = weight.shape[-1]
     if cin != cfg.cin or tuple(weight.shape) != (cfg.k, cfg.k, cin, cout) or cout % VEC:
         raise KernelError(f"stem kernel {cfg.name}: x {tuple(x.shape)}, weight {tuple(weight.shape)}",
@@ -240,17 +223,13 @@ def stem_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
                           fix="compile the model again")
     oh, ow = out_size(h, cfg.k, cfg.stride, padding[0]), out_size(w_, cfg.k, cfg.stride, padding[1])
     bias = None if bias is None else bias.to(want).contiguous()
-    y = torch.empty(n, oh, ow, cout, dtype=want, device=x.device)
-    if getattr(_poison, "on", False):
-        y.fill_(float("nan"))
+    y = poison(torch.empty(n, oh, ow, cout, dtype=want, device=x.device))
     if y.numel() == 0:
         return y
     rc = _kernels.get(cfg)(x.data_ptr(), weight.contiguous().data_ptr(), None if bias is None else bias.data_ptr(),
                            y.data_ptr(), n, h, w_, cout, oh, ow, padding[0], padding[1], *x.stride(),
-                           _sm_count(x.device.index or 0), torch.cuda.current_stream(x.device).cuda_stream)
-    if rc != 0:
-        raise KernelError(f"stem kernel {cfg.name} failed ({'shape refused' if rc == 1 else 'launch failed'})",
-                          where=f"x {tuple(x.shape)}, Cout {cout}", fix="check the shapes")
+                           sm_count(x.device.index or 0), torch.cuda.current_stream(x.device).cuda_stream)
+    check_rc(rc, "stem", cfg, f"x {tuple(x.shape)}, Cout {cout}")
     return y
 
 
