@@ -13,9 +13,11 @@ fuses every site the rules accept, without a measurement.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -144,7 +146,9 @@ class FuseConvPool(Pass):
 
     - ``measurements``: a results JSON written by ``benchmarks/conv_pool.py``
       (records with ``key`` and ``gain``); a site fuses when its record's
-      gain >= ``min-gain``. A bare file name that is not a file here names
+      gain >= ``min-gain``. A site measured at other batch sizes only fuses
+      when the measured batches nearest below and above its own both reach
+      ``min-gain``; a dynamic batch, when every measured batch does. A bare file name that is not a file here names
       one sparsec ships (``backends/cutlass/tuned/conv_pool_sm_90a.json``:
       what the ``h100`` targets' pipelines give).
     - ``min-gain``: the least measured speed-up (unfused / fused time) worth
@@ -244,10 +248,43 @@ class FuseConvPool(Pass):
         key = key_of(match)
         gain = gains.get(key)
         if gain is None:
-            return f"not measured: no record for '{key}' in {self.measurements}"
+            return self._decide_by_batch(key, gains)
         if gain < self.min_gain:
             return f"measured gain {gain:.3f}x < min-gain {self.min_gain:g}x ({self.measurements})"
         return None
+
+    def _decide_by_batch(self, key: str, gains: dict[str, float]) -> str | None:
+        """A site measured at other batches: fuse between two measured batches that both gain (any batch, for a
+        dynamic one, when all do), else the reason not to."""
+        batch, rest = _split_batch(key)
+        by_batch = {}
+        for k, g in gains.items():
+            b, r = _split_batch(k)
+            if r == rest and b.isdigit():
+                by_batch[int(b)] = g
+        if not by_batch:
+            return f"not measured: no record for '{key}' in {self.measurements}"
+        measured = sorted(by_batch)
+        if batch.isdigit():
+            i = bisect.bisect(measured, int(batch))
+            if i == 0 or i == len(measured):
+                return (f"not measured at batch {batch}: {self.measurements} has this site at batches "
+                        f"{measured[0]} to {measured[-1]}")
+            near = [measured[i - 1], measured[i]]
+        else:
+            near = measured
+        worst = min(near, key=by_batch.get)
+        if by_batch[worst] < self.min_gain:
+            what = f"batch {batch}, between" if batch.isdigit() else f"a dynamic batch ({batch}), over"
+            return (f"{what} measured batches {', '.join(map(str, near))}: gain {by_batch[worst]:.3f}x at "
+                    f"batch {worst} < min-gain {self.min_gain:g}x ({self.measurements})")
+        return None
+
+
+def _split_batch(key: str) -> tuple[str, str]:
+    """(the batch dim as printed, the rest of the key) of a :func:`site_key`."""
+    m = re.match(r"x=([^x ]+)x(.*)$", key)
+    return (m.group(1), m.group(2)) if m else ("", key)
 
 
 def measurements_path(value: str) -> Path:

@@ -192,3 +192,37 @@ def test_measurements_from_another_gpu_do_not_apply(tmp_path):
     _, mod = _traced(ConvPool())
     rec = pm.run(mod, PassContext(target=sparsec.registry().get("target", "a100")))
     assert rec[0].stats == {"conv2d-act-pool": 1, "fused": 1, "declined": 0}
+
+
+def _batched(tmp_path, gains: dict[int, float]):
+    """Measurements of ConvPool's site at these batches (the traced one is batch 2)."""
+    path = tmp_path / "conv_pool_batches.json"
+    recs = [{"key": KEY.replace(f"x={X[0]}x", f"x={b}x", 1), "gain": g} for b, g in gains.items()]
+    path.write_text(json.dumps({"kind": "conv_pool", "records": recs}))
+    return path
+
+
+def test_a_batch_between_two_measured_batches_fuses_when_both_gain(tmp_path):
+    model, mod = _traced(ConvPool())
+    rec = run(mod, f"fuse-conv-pool{{measurements={_batched(tmp_path, {1: 1.3, 4: 1.4, 8: 0.9})}}}")
+    assert rec[0].stats == {"conv2d-act-pool": 1, "fused": 1, "declined": 0}
+    _exact(mod, model)
+    _, mod = _traced(ConvPool())
+    path = _batched(tmp_path, {1: 1.3, 4: 1.02})
+    run(mod, f"fuse-conv-pool{{measurements={path}}}")
+    assert (f"fuse-conv-pool/conv2d-act-pool: batch 2, between measured batches 1, 4: gain 1.020x at batch 4 "
+            f"< min-gain 1.05x ({path})") in print_module(mod)
+    _, mod = _traced(ConvPool())
+    path = _batched(tmp_path, {4: 1.3, 8: 1.4})
+    run(mod, f"fuse-conv-pool{{measurements={path}}}")
+    assert f"not measured at batch 2: {path} has this site at batches 4 to 8" in print_module(mod)
+
+
+def test_a_dynamic_batch_fuses_only_when_every_measured_batch_gains(tmp_path):
+    model = integer_weights(ConvPool())
+    for gains, fused in (({1: 1.3, 8: 1.2}, True), ({1: 1.3, 8: 0.8}, False)):
+        mod = sparsec.trace(model, (ints(*X),), dynamic_batch=True)
+        rec = run(mod, f"fuse-conv-pool{{measurements={_batched(tmp_path, gains)}}}")
+        assert rec[0].stats["fused"] == int(fused)
+        if not fused:
+            assert "a dynamic batch (s" in print_module(mod) and "gain 0.800x at batch 8" in print_module(mod)
