@@ -229,3 +229,17 @@ def test_compiled_artifact_runs_the_fused_kernel_and_matches_the_model(tmp_path)
             y, r = fast(x), model.cuda()(x)
         rel = ((y.double() - r.double()).norm() / r.double().norm()).item()
         assert torch.isfinite(y).all() and rel < 1e-2, rel
+
+
+def test_a_dynamic_batch_lowers_to_the_same_kernel_for_every_batch():
+    torch.manual_seed(1)
+    tgt = sparsec.registry().get("target", "h100")
+    backend = resolve_backend(tgt)
+    model = _randomise_bn(_ResNetStart()).eval()
+    mod = sparsec.trace(model, (torch.randn(4, 3, 45, 38),), dynamic_batch=True)
+    list(PassManager.parse(_pipeline(tgt)).run(mod, PassContext(target=tgt)))
+    ref = mod.clone()
+    lowered = backend.lower(mod, tgt)
+    assert [r["kind"] for r in lowered.section["layers"]].count("conv-pool") == 1
+    for n in (1, 3, 6):
+        assert_matches_unlowered(mod, ref, torch.randn(n, 3, 45, 38).half())
