@@ -101,8 +101,8 @@ def main() -> None:
     payload = json.loads((gpu_artifact / "manifest.json").read_text())["payload"]
     layers = payload["layers"]
     kinds = Counter(f"{l['kind']} {'2:4' if l['sparse'] else 'dense'}" for l in layers)
-    print(f"\n{gpu_artifact}: {len(layers)} GEMM layers lowered to {len(payload['kernels'])} CUTLASS "
-          f"kernels for {payload['arch']} (built at first load on the GPU):")
+    print(f"\n{gpu_artifact}: {len(layers)} layers lowered to {len(payload['kernels'])} kernels (CUTLASS GEMMs "
+          f"and sparsec's own) for {payload['arch']}, built at first load on the GPU:")
     for kind, n in sorted(kinds.items()):
         print(f"  {n:3d}  {kind}")
 
