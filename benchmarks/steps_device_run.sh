@@ -8,7 +8,8 @@
 # profile  benchmarks/e2e_profile.py on ${PROFILE_MODEL:-resnet50} at ${PROFILE_BATCH:-1} for PROFILE_VARIANTS
 #          -> $OUT/prof_<model>_bs<batch>.json;
 # bench    benchmarks/e2e.py --tag BENCH_TAG $BENCH_ARGS (-> $OUT/e2e_<gpu>_<tag>.json and plots), with the
-#          inductor cache of .devcache/inductor_cache.tar.xz when carried; BENCH2_TAG/BENCH2_ARGS: a second run;
+#          inductor cache of .devcache/inductor_cache.tar.xz when carried; BENCH2_TAG/BENCH2_ARGS: a second run,
+#          with BENCH2_ENV (e.g. SPARSEC_CUTLASS_PDL=1) in its environment;
 # convpool benchmarks/conv_pool.py --tiles ${CP_TILES:-chosen} over CP_DTYPES, CP_BATCHES -> $OUT/conv_pool_<gpu>.json,
 #          installed as the shipped conv_pool_sm_90a.json of the later steps' pipelines;
 # tune     `sparsec tune --model` on ResNet-50's pruned 0.5 + 2:4 pipeline (cost-model=measured) at bs1, merged
@@ -50,11 +51,11 @@ for s in ${STEPS:-tests profile}; do
     bench)
       mkdir -p /tmp/inductor-cache
       [ -f .devcache/inductor_cache.tar.xz ] && tar xJf .devcache/inductor_cache.tar.xz -C /tmp/inductor-cache
-      for b in "$BENCH_TAG|$BENCH_ARGS" "$BENCH2_TAG|$BENCH2_ARGS"; do
-        tag=${b%%|*}; [ -z "$tag" ] && continue
-        step "bench $tag"
-        timeout --signal=TERM $(( $(left) - 15 )) python3 benchmarks/e2e.py --out-dir "$OUT" --tag "$tag" \
-          --inductor-cache-dir /tmp/inductor-cache ${b#*|} 2>&1 | quiet | grep -E " ms \(p90|FAILED|wrote|Error|error:" | cut -c1-230
+      for b in "$BENCH_TAG||$BENCH_ARGS" "$BENCH2_TAG|$BENCH2_ENV|$BENCH2_ARGS"; do
+        tag=${b%%|*}; rest=${b#*|}; envs=${rest%%|*}; [ -z "$tag" ] && continue
+        step "bench $tag ${envs}"
+        env $envs timeout --signal=TERM $(( $(left) - 15 )) python3 benchmarks/e2e.py --out-dir "$OUT" --tag "$tag" \
+          --inductor-cache-dir /tmp/inductor-cache ${rest#*|} 2>&1 | quiet | grep -E " ms \(p90|FAILED|wrote|Error|error:" | cut -c1-230
       done ;;
     convpool)
       step convpool

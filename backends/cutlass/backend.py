@@ -43,6 +43,7 @@ a correctness check, not A100 timings).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -61,10 +62,11 @@ TUNING_FILE = "tuning.json"
 
 
 def kernel_of(cfg):
-    """The kernel (library) the runtime loads for a config: sm_80 2:4 and fused-residual sm_80 run the plain one."""
+    """The kernel (library) the runtime loads for a config: sm_80 2:4 and fused-residual sm_80 run the plain one;
+    one library serves every swizzle; a pdl config keeps its launch."""
     if cfg.arch == "sm_80" and (cfg.sparse or cfg.residual or cfg.scale):
         return cfg.base()
-    return cfg.base().with_epilogue(cfg.activation, cfg.residual, cfg.scale)
+    return dataclasses.replace(cfg.base().with_epilogue(cfg.activation, cfg.residual, cfg.scale), pdl=cfg.pdl)
 
 
 def compact_config(m: int, arch: str, dtype: str, sparse: bool):
@@ -154,10 +156,15 @@ class CutlassBackend(Backend):
         if mode not in ("tuned", "compact"):
             raise UsageError(f"SPARSEC_CUTLASS_CONFIGS={mode!r}", expected="tuned or compact")
 
+        pdl = knobs.get("cutlass_pdl") and target.arch == "sm_90a"
+
         def choose(m, n, k, dtype, sparse, activation, residual):
             if mode == "compact":
-                return compact_config(m, target.arch, dtype, sparse).with_epilogue(activation, residual)
-            return tuning.choose(m, n, k, dtype, sparse, arch=target.arch, activation=activation, residual=residual, db=db)
+                cfg = compact_config(m, target.arch, dtype, sparse).with_epilogue(activation, residual)
+            else:
+                cfg = tuning.choose(m, n, k, dtype, sparse, arch=target.arch, activation=activation, residual=residual,
+                                    db=db)
+            return dataclasses.replace(cfg, pdl=True) if pdl else cfg
 
         nodes = [n for n in mod.graph.nodes if (a := M.get(n, M.BackendAssignment)) is not None and a.backend == self.name]
         records = Lowering(target.arch, choose).run(mod, nodes)

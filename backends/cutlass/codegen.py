@@ -96,7 +96,12 @@ def _emit_sm90(cfg: KernelConfig) -> str:
         mainloop_args = ("{static_cast<ElementA const*>(A), cutlass::make_cute_packed_stride(StrideA{}, cute::make_shape(M, K, 1)), "
                          "static_cast<ElementB const*>(B), stride_B}")
         sparse_types = "using StrideA = typename GemmKernel::StrideA;\n"
-    return _COMMON_HEAD.format(name=cfg.name) + f"""\
+    # PDL: CUTLASS's kernels then wait (griddepcontrol.wait) before their first global load and let the next
+    # kernel launch (launch_dependents) after their mainloop; the launch asks for programmatic serialization.
+    # Without it the source is unchanged, and so are the cached kernels.
+    gdc = "#define CUTLASS_ENABLE_GDC_FOR_SM90 1\n" if cfg.pdl else ""
+    run = "gemm.run(stream, nullptr, true)" if cfg.pdl else "gemm.run(stream)"
+    return _COMMON_HEAD.format(name=cfg.name) + gdc + f"""\
 #include "cutlass/cutlass.h"
 #include "cute/tensor.hpp"
 #include "cutlass/epilogue/collective/collective_builder.hpp"
@@ -187,7 +192,7 @@ extern "C" size_t {cfg.symbol}_workspace(int M, int N, int K) {{
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return 1;
   if (Gemm::get_workspace_size(args) > workspace_bytes) return 2;
   if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return 3;
-  if (gemm.run(stream) != cutlass::Status::kSuccess) return 4;
+  if ({run} != cutlass::Status::kSuccess) return 4;
   return cudaGetLastError() == cudaSuccess ? 0 : 4;
 }}
 """

@@ -43,6 +43,7 @@ class KernelConfig:
     scale: bool = False  # per-output-channel (per-row) scale on the accumulator
     stages: int = 0  # sm_80 only: mainloop stages (0 = the default for the tile)
     swizzle: int = 1  # sm_90a only: tile-scheduler swizzle (a run-time argument: same library)
+    pdl: bool = False  # sm_90a only: launched with programmatic dependent launch (SPARSEC_CUTLASS_PDL)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHES:
@@ -55,6 +56,8 @@ class KernelConfig:
             raise ValueError(f"swizzle {self.swizzle} not in (1, 2, 4, 8), or not sm_90a")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} not in {ACTIVATIONS}")
+        if self.pdl and self.arch != "sm_90a":
+            raise ValueError("programmatic dependent launch (pdl) is for sm_90a kernels")
         tm, tn, tk = self.tile
         if self.arch == "sm_90a":
             if self.schedule == "cooperative" and tm % 128:
@@ -86,6 +89,8 @@ class KernelConfig:
             parts.append("res")
         if self.scale:
             parts.append("scale")
+        if self.pdl:
+            parts.append("pdl")
         return "_".join(parts)
 
     @property
@@ -106,8 +111,8 @@ class KernelConfig:
         return dataclasses.replace(self, activation=activation, residual=residual, scale=scale)
 
     def base(self) -> "KernelConfig":
-        """The same mainloop with the plain epilogue (what the tuning DB names)."""
-        return dataclasses.replace(self.with_epilogue(), swizzle=1)
+        """The same mainloop with the plain epilogue and launch (what the tuning DB names)."""
+        return dataclasses.replace(self.with_epilogue(), swizzle=1, pdl=False)
 
     @classmethod
     def from_name(cls, name: str) -> "KernelConfig":
@@ -126,7 +131,8 @@ class KernelConfig:
             kw.update(cluster=(1, 1), stages=int(rest[0][1:]))
             rest = rest[1:]
         sw = [int(r[2:]) for r in rest[1:] if r.startswith("sw")]
-        kw.update(activation=rest[0], residual="res" in rest[1:], scale="scale" in rest[1:], swizzle=sw[0] if sw else 1)
+        kw.update(activation=rest[0], residual="res" in rest[1:], scale="scale" in rest[1:], swizzle=sw[0] if sw else 1,
+                  pdl="pdl" in rest[1:])
         return cls(arch=arch, dtype=dtype, sparse=(kind == "sp"), tile=(tm, tn, tk), **kw)
 
 

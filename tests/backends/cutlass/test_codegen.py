@@ -69,3 +69,16 @@ def test_invalid_configs_are_refused(bad):
 def test_pack_tile_k():
     assert KernelConfig(tile=(128, 128, 64)).pack_tile_k == 64
     assert KernelConfig().pack_tile_k == 128
+
+
+def test_pdl_is_a_named_sm90_variant_and_leaves_other_sources_alone():
+    import dataclasses
+
+    cfg = dataclasses.replace(KernelConfig().with_epilogue("relu", residual=True), pdl=True, swizzle=4)
+    assert cfg.name.endswith("_res_pdl_sw4") and KernelConfig.from_name(cfg.name) == cfg
+    assert not cfg.base().pdl  # the tuning DB names the plain launch
+    src, plain = emit(cfg), emit(dataclasses.replace(cfg, pdl=False))
+    assert "#define CUTLASS_ENABLE_GDC_FOR_SM90 1" in src and "gemm.run(stream, nullptr, true)" in src
+    assert "CUTLASS_ENABLE_GDC" not in plain and "gemm.run(stream)" in plain  # (cached kernels keep their digest)
+    with pytest.raises(ValueError, match="sm_90a"):
+        KernelConfig("sm_80", "fp16", True, (128, 128, 64), (1, 1), pdl=True)

@@ -227,3 +227,39 @@ def _unpacked(mod):
     meta = mod.metadata.cpu().numpy()
     p = PackedWeight("sm_90a", 128, mod.m, values.shape[1] * 2, values.shape[0], values.shape[1] * 2, values, meta)
     return torch.from_numpy(unpack(p).view(np.int16)).view(torch.float16).cuda().double()
+
+
+def test_pdl_kernels_chain_in_a_cuda_graph_with_the_plain_kernels_bits():
+    """SPARSEC_CUTLASS_PDL's kernels: four dense GEMMs, each reading the one before's output, launched with
+    programmatic dependent launch and replayed as one CUDA graph on fresh inputs, give the plain kernels' bits
+    (griddepcontrol.wait keeps each kernel's reads after the kernel before has finished and flushed)."""
+    from sparsec.backends.cutlass import runtime
+
+    _needs_sm90()
+    plain = KernelConfig(sparse=False, tile=(128, 128, 64)).with_epilogue("relu")
+    pdl = dataclasses.replace(plain, pdl=True)
+    runtime.preload([plain, pdl])
+    g = torch.Generator(device="cuda").manual_seed(7)
+    ws = [runtime.pad_dense_weight((torch.randn(512, 512, device="cuda", generator=g) / 23).half(), plain)
+          for _ in range(4)]
+
+    def chain(cfg, x):
+        for w in ws:
+            x = torch.ops.sparsec.gemm_dense(x, w, None, None, None, cfg.name, 512)
+        return x
+
+    static_x = torch.randn(96, 512, device="cuda", generator=g).half()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        chain(pdl, static_x)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain(pdl, static_x)
+    for seed in range(3):
+        static_x.copy_(torch.randn(96, 512, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed)))
+        out.fill_(math.nan)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, chain(plain, static_x)), seed

@@ -226,3 +226,18 @@ def test_loading_on_another_arch_names_both(tmp_path, monkeypatch):
 def test_plan_reasons_for_what_stays_in_pytorch():
     g = torch.fx.Graph()
     assert "not lowered" in plan(g.placeholder("x")).reason
+
+
+@pytest.mark.parametrize("target, pdl", [("h100", True), ("a100", False)])
+def test_pdl_knob_names_the_sm90_gemms_pdl_variants(tmp_path, target, pdl):
+    """SPARSEC_CUTLASS_PDL=1: the h100 GEMMs lower to their ..._pdl kernels (launched with programmatic
+    dependent launch); sm_80 has no such launch, so a100's stay as they are. The lowered graph is unchanged."""
+    from sparsec import knobs
+
+    model = _randomise_bn(Net()).eval()
+    with knobs.scope(cutlass_pdl=True):
+        res = sparsec.compile(model, (torch.randn(2, 3, 8, 8),), target=target, output=tmp_path / "n.sparsec")
+    payload = json.loads((res.artifact / "manifest.json").read_text())["payload"]
+    gemms = [r["config"] for r in payload["layers"] if r["kind"] in ("conv1x1", "linear")]
+    assert gemms and all(c.endswith("_pdl") == pdl for c in gemms)
+    assert all(k.endswith("_pdl") == pdl for k in payload["kernels"] if k.startswith("sm"))
