@@ -19,6 +19,10 @@ get ``act(acc + bias)``, are rounded to the output dtype (as the unfused conv's 
 the conv tile in shared memory; the block then max- or average-pools it, masking conv rows and columns
 outside the conv's output (PyTorch's pool padding), and writes the NHWC output in 16-byte vectors.
 
+Measured on an H100 (``benchmarks/conv_pool.py``, ``benchmarks/results/conv_pool_h100.json``): ResNet-50's
+stem + max-pool in fp16 takes 0.011 ms at batch 1 (unfused 0.036) and 0.58 ms at batch 256 (unfused 1.53);
+``fuse-conv-pool`` fuses a site from those gains.
+
     conv_pool_nhwc(x [N, Cin, H, W] (any strides), weight [Cout, KP] (packed: see :func:`pack_weight`),
                    bias [Cout]?, padding [ph, pw], config) -> y [N, PH, PW, Cout]  (NHWC, contiguous)
     y = pool(act(conv2d(x, w, stride, padding) + bias))

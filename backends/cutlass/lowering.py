@@ -98,7 +98,7 @@ class GemmPlan:
     padding: tuple[int, int] = (0, 0)
 
 
-def plan(node: fx.Node) -> "GemmPlan | DwPlan | StemPlan | SePlan | Unsupported":
+def plan(node: fx.Node) -> "GemmPlan | DwPlan | StemPlan | SePlan | ConvPoolPlan | Unsupported":
     """How the lowering takes ``node``, or why it stays in PyTorch (dtype checks are the support table's)."""
     F = _fused()
     t = node.target

@@ -148,9 +148,10 @@ class FuseConvPool(Pass):
       (records with ``key`` and ``gain``); a site fuses when its record's
       gain >= ``min-gain``. A site measured at other batch sizes only fuses
       when the measured batches nearest below and above its own both reach
-      ``min-gain``; a dynamic batch, when every measured batch does. A bare file name that is not a file here names
-      one sparsec ships (``backends/cutlass/tuned/conv_pool_sm_90a.json``:
-      what the ``h100`` targets' pipelines give).
+      ``min-gain``; a dynamic batch, when every measured batch does. A bare
+      file name that is not a file here names one sparsec ships
+      (``backends/cutlass/tuned/conv_pool_sm_90a.json``: what the ``h100``
+      targets' pipelines give).
     - ``min-gain``: the least measured speed-up (unfused / fused time) worth
       fusing for; default 1.05.
     - ``force``: fuse every site the rules accept, measured or not.
