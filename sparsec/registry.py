@@ -59,7 +59,7 @@ class Registry:
             raise RegistryError(
                 f"duplicate {kind} name '{name}'",
                 where=f"registered by '{table[name].provider}' and again by '{provider}'",
-                fix=f"rename one of them, or uninstall one of the two providers",
+                fix="rename one of them, or uninstall one of the two providers",
             )
         table[name] = _Entry(factory, provider)
 

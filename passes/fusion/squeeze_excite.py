@@ -171,7 +171,7 @@ class FuseSqueezeExcite(Pass):
 
 def _rewrite(mod, match: R.Match) -> fx.Node:
     st, graph = match.state, mod.graph
-    anchor, last = match.nodes[0], match.nodes[-1]
+    last = match.nodes[-1]
     (w1, b1, act), (w2, b2, gate) = st["fc1"], st["fc2"]
     with graph.inserting_before(last):
         fused = graph.create_node("call_function", F.squeeze_excite,

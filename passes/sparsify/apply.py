@@ -159,7 +159,7 @@ class Sparsify24(Pass):
                 raise PassFailedError(
                     f"no tuning DB for {target.arch}: cost-model=measured has nothing to compare",
                     actual=C.default_db_names(target.arch),
-                    fix=f"measure one with `sparsec tune` on the GPU and pass tuning-db=FILE, "
+                    fix="measure one with `sparsec tune` on the GPU and pass tuning-db=FILE, "
                     "or decide by the target's shape limits alone with cost-model=shape",
                 )
             if db.arch != target.arch:
