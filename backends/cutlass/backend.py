@@ -136,11 +136,14 @@ class CutlassBackend(Backend):
                                    "NHWC im2col + dense GEMM writes kh*kw copies (SPARSEC_CUTLASS_KXK=all lowers it)")
         return verdict
 
-    def pipeline(self, target: Target) -> str:
+    def pipeline(self, target: Target, *, conv_pool_measurements: bool = True) -> str:
+        """The GPU pipeline; ``fuse-conv-pool`` reads the conv+pool gains shipped for the target's arch (measured
+        on this backend's kernel) unless ``conv_pool_measurements`` is false: then it declines every site."""
         sparse = "sparsify-2-4," if target.is_sparse else ""
         dtype = target.dtypes[0]
         measured = f"conv_pool_{target.arch}.json"  # benchmarks/conv_pool.py's gains, shipped per arch
-        pool = f"{{measurements={measured}}}" if (Path(__file__).parent / "tuned" / measured).is_file() else ""
+        shipped = conv_pool_measurements and (Path(__file__).parent / "tuned" / measured).is_file()
+        pool = f"{{measurements={measured}}}" if shipped else ""
         return (f"canonicalize,fold-bn,dce,to-channels-last,{sparse}fuse-epilogue,fuse-squeeze-excite,dce,"
                 f"to-dtype{{dtype={dtype}}},fuse-conv-pool{pool},partition")
 

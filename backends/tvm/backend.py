@@ -118,14 +118,12 @@ class TvmBackend(Backend):
         fuse-epilogue, to-dtype, fuse-conv-pool, partition), whose fused ops its lowering takes. The
         conv+pool measurements that pipeline reads time sparsec's conv+pool kernel, which is not this
         backend's route, so here ``fuse-conv-pool`` runs without them and declines every site."""
-        import re
-
         from sparsec.backends.cutlass.backend import CutlassBackend
         from sparsec.registry import registry
 
         if target.arch is None:
             return registry().get("pipeline", "default")
-        return re.sub(r"fuse-conv-pool\{[^}]*\}", "fuse-conv-pool", CutlassBackend().pipeline(target))
+        return CutlassBackend().pipeline(target, conv_pool_measurements=False)
 
     # -- compiling ----------------------------------------------------------------------------
     def lower(self, mod, target: Target):

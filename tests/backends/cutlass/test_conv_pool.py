@@ -18,7 +18,8 @@ from sparsec.backends.cutlass import lowering  # noqa: E402
 from sparsec.passes.fusion import ops as F  # noqa: E402
 from sparsec.passes.manager import PassContext, PassManager  # noqa: E402
 
-from .kernel_checks import assert_matches_unlowered, assert_nvcc_builds, gpu_arch  # noqa: E402
+from .kernel_checks import (  # noqa: E402
+    assert_matches_unlowered, assert_nhwc_matches, assert_nvcc_builds, gpu_arch, image_conv_inputs)
 from .test_lowering import _randomise_bn  # noqa: E402  (trained-like BN statistics)
 
 OP = torch.ops.sparsec.conv_pool_nhwc.default
@@ -186,13 +187,7 @@ def test_kernel_matches_float64_on_the_gpu(case, arch):
     native = gpu_arch()
     arch = native if arch == "native" else arch
     dtype, cin, k, s, pad, cout, act, pool, pk, ps, pp, tile, n, h, w, cl = case
-    dt = CP.DTYPES[dtype]
-    g = torch.Generator(device="cuda").manual_seed(cin * k + cout)
-    x = torch.randn(n, cin, h, w, device="cuda", generator=g).to(dt)
-    if cl:
-        x = x.contiguous(memory_format=torch.channels_last)
-    wt = (torch.randn(cout, cin, k, k, device="cuda", generator=g) / (cin * k * k) ** 0.5).to(dt)
-    bias = torch.randn(cout, device="cuda", generator=g).to(dt)
+    x, wt, bias = image_conv_inputs(n, cin, h, w, cout, k, CP.DTYPES[dtype], cl)
     cfg = CP.ConvPoolConfig(arch, dtype, cin, k, s, cout, act, pool, pk, ps, pp, tile)
     with poisoned_outputs():
         y = OP(x, CP.pack_weight(wt, cfg.kp), bias, [pad, pad], cfg.name)
@@ -202,10 +197,7 @@ def test_kernel_matches_float64_on_the_gpu(case, arch):
         ref = torch.nn.functional.max_pool2d(ref, pk, ps, pp)
     else:
         ref = torch.nn.functional.avg_pool2d(ref, pk, ps, pp, count_include_pad=pool == "avg")
-    ref = ref.permute(0, 2, 3, 1)
-    assert y.shape == ref.shape and y.is_contiguous() and torch.isfinite(y).all(), "NaN left: an output not written"
-    rel = ((y.double() - ref).norm() / ref.norm()).item()
-    assert rel < (5e-3 if dtype == "fp16" else 2e-2), rel
+    assert_nhwc_matches(y, ref, dtype)
 
 
 @pytest.mark.gpu

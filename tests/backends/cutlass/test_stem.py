@@ -15,7 +15,8 @@ from sparsec.backends.cutlass import lowering  # noqa: E402
 from sparsec.backends.cutlass import stem as ST  # noqa: E402
 from sparsec.passes.manager import PassContext, PassManager  # noqa: E402
 
-from .kernel_checks import assert_matches_unlowered, assert_nvcc_builds, gpu_arch  # noqa: E402
+from .kernel_checks import (  # noqa: E402
+    assert_matches_unlowered, assert_nhwc_matches, assert_nvcc_builds, gpu_arch, image_conv_inputs)
 from .test_lowering import _randomise_bn  # noqa: E402  (trained-like BN statistics)
 
 
@@ -102,19 +103,10 @@ def test_kernel_matches_float64_on_the_gpu(case):
 
     arch = gpu_arch()
     dtype, cin, k, s, act, n, h, w, cout, cl = case
-    dt = ST.DTYPES[dtype]
-    g = torch.Generator(device="cuda").manual_seed(cin * k + cout)
-    x = torch.randn(n, cin, h, w, device="cuda", generator=g).to(dt)
-    if cl:
-        x = x.contiguous(memory_format=torch.channels_last)
-    wt = (torch.randn(cout, cin, k, k, device="cuda", generator=g) / (cin * k * k) ** 0.5).to(dt)
-    bias = torch.randn(cout, device="cuda", generator=g).to(dt)
+    x, wt, bias = image_conv_inputs(n, cin, h, w, cout, k, ST.DTYPES[dtype], cl)
     cfg = ST.StemConfig(arch, dtype, cin, k, s, act)
     with poisoned_outputs():
         y = torch.ops.sparsec.stem_conv(x, wt.permute(2, 3, 1, 0).contiguous(), bias, [k // 2, k // 2], cfg.name)
     torch.cuda.synchronize()
     ref = ACTIVATIONS[act](torch.nn.functional.conv2d(x.double(), wt.double(), bias.double(), s, k // 2))
-    ref = ref.permute(0, 2, 3, 1)
-    assert y.shape == ref.shape and y.is_contiguous() and torch.isfinite(y).all(), "NaN left: an output not written"
-    rel = ((y.double() - ref).norm() / ref.norm()).item()
-    assert rel < (5e-3 if dtype == "fp16" else 2e-2), rel
+    assert_nhwc_matches(y, ref, dtype)
