@@ -101,6 +101,15 @@ def test_tvm_variants_pass_to_their_own_branch():
     assert _plan("--variants", "eager,tvm,tvm-24-graph").variants == ("eager", "tvm", "tvm-24-graph")
 
 
+def test_sparsec_variants_take_a_pdl_suffix_and_others_do_not():
+    assert _plan("--variants", "sparsec-pruned-24,sparsec-pruned-24+pdl").variants == (
+        "sparsec-pruned-24", "sparsec-pruned-24+pdl")
+    assert bench.sparsec_spec("sparsec-pruned-24+pdl") == ("h100-sparse", True, True)
+    assert bench.sparsec_spec("sparsec-dense") == ("h100", False, False)
+    with pytest.raises(bench.UsageError, match=r"unknown --variants eager\+pdl"):
+        _plan("--variants", "eager+pdl")
+
+
 def test_cli_rejects_a_bad_dtype_before_looking_for_a_gpu():
     res = CliRunner().invoke(cli, ["bench", "--dtypes", "fp8"])
     assert res.exit_code == 2 and "unknown --dtypes fp8" in res.stderr and "some of fp16,bf16" in res.stderr
