@@ -17,9 +17,9 @@ Variants (each in every ``--dtypes`` dtype; the PyTorch ones channels-last), in 
 * ``sparsec-pruned-24``: pruned, then ``sparsify-2-4{cost-model=--pruned-cost-model}`` on ``h100-sparse``
   (default ``shape``: the tuning DB holds the unpruned shapes only, so ``measured`` would keep every
   pruned layer dense);
-* ``<sparsec variant>+pdl`` (e.g. ``sparsec-pruned-24+pdl``): the same variant compiled with
-  ``SPARSEC_CUTLASS_PDL`` on (its sm_90a GEMMs launched with programmatic dependent launch), to time the knob
-  against the plain variant in one process;
+* ``<sparsec variant>+nopdl`` / ``+pdl`` (e.g. ``sparsec-pruned-24+nopdl``): the same variant compiled with
+  ``SPARSEC_CUTLASS_PDL`` off / on (sm_90a GEMMs launched with programmatic dependent launch, the default), to
+  time the knob against the plain variant in one process;
 * ``artifact:<name>``: each ``--artifacts`` entry, an artifact ``sparsec compile`` wrote, loaded with
   ``sparsec.load`` and replayed as one CUDA graph, in the group of its model, batch and compute dtype
   (its weights are its own, so it is timed but not compared with a reference here).
@@ -75,7 +75,7 @@ from sparsec.errors import TargetError, UsageError
 
 L2_BYTES = 50 << 20
 VARIANTS = ("eager", "inductor", "sparsec-dense", "sparsec-24", "sparsec-pruned", "sparsec-pruned-24")
-PDL = "+pdl"  # a sparsec variant's suffix: compiled with SPARSEC_CUTLASS_PDL on
+PDL = {"+pdl": True, "+nopdl": False}  # a sparsec variant's suffix: compiled with SPARSEC_CUTLASS_PDL on / off
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 INDUCTOR_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
 # accuracy stage (accuracy_<gpu>.json) -> the variant whose latency it runs at
@@ -189,7 +189,7 @@ def choose_baseline(variants: list[str], baseline: str | None) -> str:
 
 def plan(args) -> Plan:
     """Validate the options (UsageError naming the bad one) into a :class:`Plan`."""
-    allowed = (*VARIANTS, *(f"{v}{PDL}" for v in VARIANTS if v.startswith("sparsec-")),
+    allowed = (*VARIANTS, *(v + sfx for v in VARIANTS if v.startswith("sparsec-") for sfx in PDL),
                *(f"inductor-{m}" for m in INDUCTOR_MODES), "tvm*")  # tvm*: backends/tvm/bench.py checks
     modes = _split(args.inductor_modes, "--inductor-modes", INDUCTOR_MODES)
     variants = expand_variants(_split(args.variants, "--variants", allowed), modes)
@@ -313,11 +313,14 @@ def sparsec_pipeline(pipeline: str, *, dtype: str = "fp16", prune_ratio: float |
     return new
 
 
-def sparsec_spec(variant: str) -> tuple[str, bool, bool]:
+def sparsec_spec(variant: str) -> tuple[str, bool, bool | None]:
     """(target, pruned, pdl) of a ``sparsec-*`` variant: ``-24`` compiles for h100-sparse, ``pruned`` prunes,
-    the ``+pdl`` suffix turns SPARSEC_CUTLASS_PDL on (otherwise the environment's setting holds)."""
-    plain = variant.removesuffix(PDL)
-    return ("h100-sparse" if plain.endswith("-24") else "h100"), "pruned" in plain, plain != variant
+    a ``+pdl`` / ``+nopdl`` suffix sets SPARSEC_CUTLASS_PDL (None: the environment's setting holds)."""
+    plain, pdl = variant, None
+    for sfx, on in PDL.items():
+        if variant.endswith(sfx):
+            plain, pdl = variant.removesuffix(sfx), on
+    return ("h100-sparse" if plain.endswith("-24") else "h100"), "pruned" in plain, pdl
 
 
 def sparsec_variant(model, batch: int, target: str, prune_ratio: float | None, workdir: Path,
@@ -534,7 +537,7 @@ def main(argv=None) -> int:
                         target, pruned, pdl = sparsec_spec(v)
                         prune = prune_ratios(args.prune_ratio, [name])[name] if pruned else None
                         cm = args.pruned_cost_model if (prune and target == "h100-sparse") else None
-                        with knobs.scope(**({"cutlass_pdl": True} if pdl else {})):  # kernels: chosen at compile
+                        with knobs.scope(**({} if pdl is None else {"cutlass_pdl": pdl})):  # kernels: chosen at compile
                             loaded, ref, compile_s, info = sparsec_variant(base, batch, target, prune, work, cm, dtype,
                                                                            args.round_to)
                         with torch.no_grad():

@@ -9,7 +9,7 @@
 #          -> $OUT/prof_<model>_bs<batch>.json;
 # bench    benchmarks/e2e.py --tag BENCH_TAG $BENCH_ARGS (-> $OUT/e2e_<gpu>_<tag>.json and plots), with the
 #          inductor cache of .devcache/inductor_cache.tar.xz when carried; BENCH2_TAG/BENCH2_ARGS: a second run,
-#          with BENCH2_ENV (e.g. SPARSEC_CUTLASS_PDL=1) in its environment;
+#          with BENCH2_ENV (e.g. SPARSEC_CUTLASS_PDL=0) in its environment;
 # convpool benchmarks/conv_pool.py --tiles ${CP_TILES:-chosen} over CP_DTYPES, CP_BATCHES -> $OUT/conv_pool_<gpu>.json,
 #          installed as the shipped conv_pool_sm_90a.json of the later steps' pipelines;
 # tune     `sparsec tune --model` on ResNet-50's pruned 0.5 + 2:4 pipeline (cost-model=measured) at bs1, merged

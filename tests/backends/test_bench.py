@@ -102,10 +102,11 @@ def test_tvm_variants_pass_to_their_own_branch():
 
 
 def test_sparsec_variants_take_a_pdl_suffix_and_others_do_not():
-    assert _plan("--variants", "sparsec-pruned-24,sparsec-pruned-24+pdl").variants == (
-        "sparsec-pruned-24", "sparsec-pruned-24+pdl")
-    assert bench.sparsec_spec("sparsec-pruned-24+pdl") == ("h100-sparse", True, True)
-    assert bench.sparsec_spec("sparsec-dense") == ("h100", False, False)
+    assert _plan("--variants", "sparsec-pruned-24,sparsec-pruned-24+nopdl,sparsec-dense+pdl").variants == (
+        "sparsec-pruned-24", "sparsec-pruned-24+nopdl", "sparsec-dense+pdl")
+    assert bench.sparsec_spec("sparsec-pruned-24+nopdl") == ("h100-sparse", True, False)
+    assert bench.sparsec_spec("sparsec-dense+pdl") == ("h100", False, True)
+    assert bench.sparsec_spec("sparsec-24") == ("h100-sparse", False, None)
     with pytest.raises(bench.UsageError, match=r"unknown --variants eager\+pdl"):
         _plan("--variants", "eager+pdl")
 

@@ -228,14 +228,15 @@ def test_plan_reasons_for_what_stays_in_pytorch():
     assert "not lowered" in plan(g.placeholder("x")).reason
 
 
-@pytest.mark.parametrize("target, pdl", [("h100", True), ("a100", False)])
-def test_pdl_knob_names_the_sm90_gemms_pdl_variants(tmp_path, target, pdl):
-    """SPARSEC_CUTLASS_PDL=1: the h100 GEMMs lower to their ..._pdl kernels (launched with programmatic
-    dependent launch); sm_80 has no such launch, so a100's stay as they are. The lowered graph is unchanged."""
+@pytest.mark.parametrize("target, knob, pdl", [("h100", None, True), ("h100", False, False), ("a100", None, False)])
+def test_pdl_knob_names_the_sm90_gemms_pdl_variants(tmp_path, target, knob, pdl):
+    """By default (SPARSEC_CUTLASS_PDL=1) the h100 GEMMs lower to their ..._pdl kernels (launched with
+    programmatic dependent launch), and with 0 to the plain ones; sm_80 has no such launch, so a100's stay as
+    they are. The lowered graph is the same either way."""
     from sparsec import knobs
 
     model = _randomise_bn(Net()).eval()
-    with knobs.scope(cutlass_pdl=True):
+    with knobs.scope(**({} if knob is None else {"cutlass_pdl": knob})):
         res = sparsec.compile(model, (torch.randn(2, 3, 8, 8),), target=target, output=tmp_path / "n.sparsec")
     payload = json.loads((res.artifact / "manifest.json").read_text())["payload"]
     gemms = [r["config"] for r in payload["layers"] if r["kind"] in ("conv1x1", "linear")]
