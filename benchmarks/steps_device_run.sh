@@ -15,6 +15,8 @@
 # tune     `sparsec tune --model` on ResNet-50's pruned 0.5 + 2:4 pipeline (cost-model=measured) at bs1, merged
 #          into a copy of the shipped DB -> $OUT/sm_90a.json (also used by the later steps).
 # Carry .devcache/cutlass.tar.xz and kernel caches as e2e_device_run.sh does. KCACHE_OUT=1 returns built kernels.
+# SPARSEC_GIT_COMMIT: give the commit as text from this checkout; `git rev-parse HEAD` run on the device machine
+# names the landed commit its copy of the tree sits on, not local commits.
 set -o pipefail
 START=$(date +%s)
 OUT=${OUT:-/tmp/out}
