@@ -20,7 +20,8 @@ _VARIANTS = "eager,inductor,sparsec-dense,sparsec-24,sparsec-pruned,sparsec-prun
 @click.option("--round-to", type=click.IntRange(min=1), default=8,
               help="prune-channels round-to (8: the widths of the accuracy experiment).")
 @click.option("--variants", default=_VARIANTS,
-              help="Comma-separated variants, side by side; 'inductor' is one variant per --inductor-modes entry.")
+              help="Comma-separated variants, side by side; 'inductor' is one variant per --inductor-modes entry; "
+                   "a sparsec variant with +nopdl (or +pdl) is compiled with SPARSEC_CUTLASS_PDL off (on).")
 @click.option("--artifacts", default=None,
               help="Comma-separated artifacts from `sparsec compile` (input B,3,224,224), each timed as variant "
                    "artifact:<dir name> in the group of its model, batch and dtype.")
