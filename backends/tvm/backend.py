@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import fx
 
+from sparsec import knobs
 from sparsec.backends.target import Backend, Supported, Target, Unsupported
 from sparsec.errors import ArtifactError, TargetError
 
@@ -236,7 +237,8 @@ def lower_gemms(mod, target: Target):
     for node in mod.graph.nodes:  # GEMMs only: the depthwise kernels are not packed functions of the TVM VM
         if node.op == "call_function" and cutlass.kernel_support(node) and isinstance(lowering.plan(node), lowering.GemmPlan):
             M.put(node, M.BackendAssignment(cutlass.name))
-    return cutlass.lower(mod, target)
+    with knobs.scope(cutlass_pdl=False):  # PDL launches have not been run through TVM's VM: the plain ones
+        return cutlass.lower(mod, target)
 
 
 def _gpu_route(node: fx.Node) -> Supported | None:

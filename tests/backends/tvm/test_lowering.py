@@ -303,3 +303,18 @@ def test_16_bit_pools_and_means_accumulate_in_fp32(tvm, tmp_path):
     ref = _Pools()(x.float())
     assert torch.isfinite(y).all()
     assert rel_err(y.float(), ref) < 1e-3
+
+
+def test_gpu_targets_take_the_plain_gemm_launches():
+    """PDL launches (the h100 targets' default) have not been run through TVM's VM: h100-tvm's GEMMs are the
+    plain kernels, whatever SPARSEC_CUTLASS_PDL says. Needs no TVM: the CUTLASS half of the lowering."""
+    from sparsec.api import resolve_backend, resolve_target
+    from sparsec.backends.tvm.backend import lower_gemms
+    from sparsec.passes.manager import PassContext, PassManager
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(64, 128, 1), torch.nn.ReLU(), torch.nn.Conv2d(128, 64, 1)).eval()
+    tgt = resolve_target("h100-tvm")
+    mod = sparsec.trace(net, (torch.randn(2, 64, 8, 8),))
+    list(PassManager.parse(resolve_backend(tgt).pipeline(tgt)).run(mod, PassContext(target=tgt)))
+    configs = lower_gemms(mod, tgt).section["configs"]
+    assert configs and not any(c.endswith("_pdl") for c in configs)
