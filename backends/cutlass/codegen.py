@@ -97,7 +97,7 @@ def _emit_sm90(cfg: KernelConfig) -> str:
                          "static_cast<ElementB const*>(B), stride_B}")
         sparse_types = "using StrideA = typename GemmKernel::StrideA;\n"
     # PDL: CUTLASS's kernels then wait (griddepcontrol.wait) before their first global load and let the next
-    # kernel launch (launch_dependents) after their mainloop; the launch asks for programmatic serialization.
+    # kernel launch (launch_dependents) after the last tile's mainloop; the launch asks for programmatic serialization.
     # Without it the source is unchanged, and so are the cached kernels.
     gdc = "#define CUTLASS_ENABLE_GDC_FOR_SM90 1\n" if cfg.pdl else ""
     run = "gemm.run(stream, nullptr, true)" if cfg.pdl else "gemm.run(stream)"
