@@ -13,6 +13,7 @@ import ctypes
 import functools
 import threading
 from pathlib import Path
+from typing import Callable, Sequence
 
 from sparsec.errors import KernelError
 
@@ -61,7 +62,6 @@ def sm_count(device: int) -> int:
     import torch
 
     return torch.cuda.get_device_properties(device).multi_processor_count
-from typing import Callable, Sequence
 
 
 class KernelLibrary:
